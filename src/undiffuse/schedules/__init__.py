@@ -1,0 +1,27 @@
+"""Noise schedules: discrete β tables (float64), respacing, and sampling grids in σ."""
+
+from undiffuse.schedules.discrete import (
+    SCHEDULES,
+    Schedule,
+    ScheduleError,
+    betas_from_alpha_bar,
+    constant_betas,
+    cosine_alpha_bar,
+    exponential_betas,
+    linear_betas,
+    make_schedule,
+    sigmoid_alpha_bar,
+)
+
+__all__ = [
+    "SCHEDULES",
+    "Schedule",
+    "ScheduleError",
+    "betas_from_alpha_bar",
+    "constant_betas",
+    "cosine_alpha_bar",
+    "exponential_betas",
+    "linear_betas",
+    "make_schedule",
+    "sigmoid_alpha_bar",
+]
