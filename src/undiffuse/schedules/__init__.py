@@ -12,8 +12,13 @@ from undiffuse.schedules.discrete import (
     make_schedule,
     sigmoid_alpha_bar,
 )
+from undiffuse.schedules.grids import SPACINGS, append_zero, discrete_sigmas, discrete_steps
 
 __all__ = [
+    "SPACINGS",
+    "append_zero",
+    "discrete_sigmas",
+    "discrete_steps",
     "SCHEDULES",
     "Schedule",
     "ScheduleError",

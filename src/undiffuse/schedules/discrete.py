@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -115,31 +116,31 @@ class Schedule:
         object.__setattr__(self, "timesteps", ts)
 
     # --- tables (all float64, length T) ---------------------------------------------------------
-    @property
+    @cached_property
     def T(self) -> int:
         return len(self.betas)
 
-    @property
+    @cached_property
     def alphas(self) -> torch.Tensor:
         """α_t = 1 − β_t."""
         return 1 - self.betas
 
-    @property
+    @cached_property
     def alpha_bar(self) -> torch.Tensor:
         """ᾱ_t = ∏_{s≤t} α_s (Ho et al. 2020, Eq. 4)."""
         return torch.cumprod(self.alphas, 0)
 
-    @property
+    @cached_property
     def alpha_bar_prev(self) -> torch.Tensor:
         """ᾱ_{t−1}, with ᾱ_0 = 1."""
         return torch.cat([torch.ones(1, dtype=F64), self.alpha_bar[:-1]])
 
-    @property
+    @cached_property
     def posterior_variance(self) -> torch.Tensor:
         """β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t)·β_t (Ho et al. 2020, Eq. 7)."""
         return (1 - self.alpha_bar_prev) / (1 - self.alpha_bar) * self.betas
 
-    @property
+    @cached_property
     def posterior_log_variance_clipped(self) -> torch.Tensor:
         """log β̃_t with β̃_1 = 0 replaced by β̃_2 (as in improved-diffusion), so the log is finite."""
         var = self.posterior_variance
@@ -147,23 +148,23 @@ class Schedule:
             return torch.log(self.betas)
         return torch.log(torch.cat([var[1:2], var[1:]]))
 
-    @property
+    @cached_property
     def posterior_mean_coef1(self) -> torch.Tensor:
         """Coefficient of x_0 in μ̃_t: √ᾱ_{t−1}·β_t/(1 − ᾱ_t) (Ho et al. 2020, Eq. 7)."""
         return self.alpha_bar_prev.sqrt() * self.betas / (1 - self.alpha_bar)
 
-    @property
+    @cached_property
     def posterior_mean_coef2(self) -> torch.Tensor:
         """Coefficient of x_t in μ̃_t: √α_t·(1 − ᾱ_{t−1})/(1 − ᾱ_t) (Ho et al. 2020, Eq. 7)."""
         return self.alphas.sqrt() * (1 - self.alpha_bar_prev) / (1 - self.alpha_bar)
 
-    @property
+    @cached_property
     def sigmas(self) -> torch.Tensor:
         """σ_t = √((1 − ᾱ_t)/ᾱ_t): the noise level of x_t/√ᾱ_t = x_0 + σ_t·n (∞ where ᾱ_t = 0)."""
         ab = self.alpha_bar
         return torch.sqrt((1 - ab) / ab)
 
-    @property
+    @cached_property
     def logsnr(self) -> torch.Tensor:
         """log SNR_t = log(ᾱ_t/(1 − ᾱ_t)) = −2 log σ_t."""
         ab = self.alpha_bar

@@ -1,0 +1,70 @@
+"""Pieces every sampler shares: noise from generators, the ODE derivative, callbacks, NFE counting."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from undiffuse.diffusion.precond import DenoiserOutput, denoise
+
+__all__ = ["Generators", "randn_like", "to_d", "bcast", "Counted", "emit", "denoiser_output"]
+
+Generators = Optional[Union[torch.Generator, Sequence[torch.Generator]]]
+
+
+def randn_like(x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+    """Standard normal noise shaped like x. With a list of generators (one per sample), sample i's
+    noise comes from generator i alone, so it does not depend on the batch it is drawn in."""
+    if generator is None or isinstance(generator, torch.Generator):
+        dev = generator.device if generator is not None else x.device
+        return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+    return torch.stack(
+        [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]
+    ).to(x.device)
+
+
+def bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample scalar [B] (or a 0-d scalar) shaped to broadcast against x [B, ...]."""
+    c = torch.as_tensor(c, device=x.device)
+    if c.ndim == 0:
+        return c.to(x.dtype)
+    return c.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """dx/dσ = (x − D(x; σ))/σ, the probability-flow ODE in σ-space (Karras et al. 2022, Eq. 3 with
+    σ(t) = t, s(t) = 1). At σ = ∞ the state already holds n = lim (x − D)/σ."""
+    s = bcast(sigma, x)
+    return torch.where(torch.isinf(s), x, (x - denoised) / s)
+
+
+def emit(callback: Optional[Callable], i: int, x, sigma, sigma_next, denoised) -> None:
+    if callback is not None:
+        callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
+
+
+def denoiser_output(denoiser: Callable, x: torch.Tensor, sigma, cond: dict) -> DenoiserOutput:
+    """Evaluate the denoiser at a scalar or per-sample σ."""
+    s = torch.as_tensor(sigma, device=x.device, dtype=torch.float64)
+    s = s.expand(x.shape[0]) if s.ndim == 0 else s
+    return denoise(denoiser, x, s, **cond)
+
+
+class Counted:
+    """Wrap a denoiser and count its network evaluations (NFE): ``nfe`` counts calls, ``evals``
+    counts calls × batch rows / batch size of the first call (a guided pair counts as the wrapped
+    calls)."""
+
+    def __init__(self, denoiser: Callable) -> None:
+        self.denoiser = denoiser
+        self.nfe = 0
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> DenoiserOutput:
+        self.nfe += 1
+        return denoise(self.denoiser, x, sigma, **cond)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
+        return self.denoise(x, sigma, **cond).denoised
