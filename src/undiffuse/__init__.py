@@ -1,0 +1,3 @@
+"""undiffuse: diffusion models on PyTorch — exact math, fast samplers, honest evaluation."""
+
+__version__ = "0.1.0"
