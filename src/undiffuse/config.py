@@ -1,0 +1,507 @@
+"""Typed run configuration: frozen dataclasses, named presets and ``key=value`` overrides.
+
+A run is described by one :class:`RunConfig` made of four sections::
+
+    RunConfig(data=DataConfig, model=ModelConfig, diffusion=DiffusionConfig, train=TrainConfig)
+
+Start from a preset and override fields by dotted keys; every value is parsed and checked against
+the field's declared type, and every section validates its own ranges::
+
+    cfg = get_preset("fmnist")
+    cfg = apply_overrides(cfg, ["train.lr=2e-4", "model.channel_mult=1,2,2", "diffusion.T=500"])
+    json.dumps(to_dict(cfg)); from_dict(d) == cfg
+
+Errors are :class:`~undiffuse.errors.ConfigError` with a one-line "problem — fix" message.
+
+| preset | data | network | for |
+|---|---|---|---|
+| ``fmnist`` | fashion-mnist | UNet "fmnist-small" (1.6 M) | the default: ~10 CPU minutes on 2 cores |
+| ``digits-tiny`` | digits (8×8) | UNet "tiny" (0.1 M) | tests, seconds |
+| ``toy`` | toy:* (2-D) | MLP 256×4 | picked automatically for ``toy:`` data |
+| ``ddpm-cifar10`` | (give --data) | UNet "ddpm-cifar10" (35.7 M) | Ho et al. (2020) on a GPU |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Iterable, Optional, Union
+
+from undiffuse.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "DiffusionConfig",
+    "TrainConfig",
+    "RunConfig",
+    "PRESETS",
+    "get_preset",
+    "resolve_config",
+    "apply_overrides",
+    "config_keys",
+    "to_dict",
+    "from_dict",
+    "diff_configs",
+]
+
+
+def _positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if v is not None and (v < 0 or (v == 0 and not allow_zero)):
+            bound = "≥ 0" if allow_zero else "> 0"
+            raise ConfigError(f"{_section(obj)}.{n} = {v} must be {bound} — set a {'non-negative' if allow_zero else 'positive'} value")
+
+
+def _choice(obj: Any, name: str, choices: Iterable[str]) -> None:
+    v = getattr(obj, name)
+    if v not in tuple(choices):
+        raise ConfigError(f"{_section(obj)}.{name} = {v!r} is not valid — choose one of {', '.join(map(str, choices))}")
+
+
+def _section(obj: Any) -> str:
+    return type(obj).__name__.replace("Config", "").lower()
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What to train on.
+
+    name: dataset spec for :func:`undiffuse.data.load_dataset` (``fashion-mnist``, ``digits``,
+        ``folder:PATH``, ``toy:25gaussians``, …).
+    image_size: resize/centre-crop size for image folders (None: the data's own size).
+    limit: use only the first ``limit`` training examples (None: all).
+    val_split: the held-out split for the validation loss (a fixed slice of the training data is used
+        where the dataset has no such split).
+    """
+
+    name: str = "fashion-mnist"
+    image_size: Optional[int] = None
+    limit: Optional[int] = None
+    val_split: str = "test"
+
+    def __post_init__(self) -> None:
+        _positive(self, "image_size", "limit")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network. ``arch="auto"`` picks the UNet for images and the MLP for vectors.
+
+    UNet fields: base_channels, channel_mult, num_res_blocks, attn_resolutions, dropout, num_groups,
+    num_heads, scale_shift. MLP fields: hidden, depth, emb_dim (and dropout).
+    class_cond: condition on class labels (with classifier-free label dropout ``train.cond_drop``).
+    """
+
+    arch: str = "auto"
+    base_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (7,)
+    dropout: float = 0.1
+    num_groups: int = 8
+    num_heads: int = 1
+    scale_shift: bool = False
+    hidden: int = 256
+    depth: int = 4
+    emb_dim: int = 128
+    class_cond: bool = False
+
+    def __post_init__(self) -> None:
+        _choice(self, "arch", ("auto", "unet", "mlp"))
+        _positive(self, "base_channels", "num_res_blocks", "num_groups", "num_heads", "hidden", "depth", "emb_dim")
+        if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
+            raise ConfigError(f"model.channel_mult = {self.channel_mult} needs ≥ 1 positive multipliers — e.g. 1,2,2")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout = {self.dropout} must lie in [0, 1) — e.g. 0.1")
+
+
+PARAMETERIZATIONS = ("eps", "x0", "v", "edm")
+WEIGHTINGS = ("eps", "x0", "v", "min_snr", "edm")
+VAR_TYPES = ("fixed_small", "fixed_large", "learned")
+SCHEDULES = ("linear", "exponential", "constant", "cosine", "sigmoid", "betas", "alpha_bar")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The diffusion process, parameterization and loss.
+
+    schedule, T, schedule_kwargs: :func:`undiffuse.schedules.make_schedule` arguments.
+    parameterization: what the network predicts (eps | x0 | v | edm).
+    learned_variance: learn Σ_θ (Nichol & Dhariwal 2021): doubles the output channels, trains with
+        the hybrid loss L_simple + lambda_vlb·L_vlb.
+    weighting: loss weighting over noise levels (None: the parameterization's own; eps | x0 | v |
+        min_snr with ``min_snr_gamma`` | edm).
+    var_type: reverse variance for sampling and the VLB (None: learned if learned, else fixed_small).
+    clip: clip x̂_0 to this range when sampling (None: no clipping; images use (-1, 1)).
+    sigma_data: σ_d of EDM preconditioning.
+    """
+
+    schedule: str = "linear"
+    T: int = 1000
+    schedule_kwargs: dict[str, float] = field(default_factory=dict)
+    parameterization: str = "eps"
+    learned_variance: bool = False
+    weighting: Optional[str] = None
+    min_snr_gamma: float = 5.0
+    lambda_vlb: float = 0.001
+    var_type: Optional[str] = None
+    clip: Optional[tuple[float, float]] = (-1.0, 1.0)
+    sigma_data: float = 0.5
+
+    def __post_init__(self) -> None:
+        _choice(self, "schedule", SCHEDULES)
+        _choice(self, "parameterization", PARAMETERIZATIONS)
+        if self.weighting is not None:
+            _choice(self, "weighting", WEIGHTINGS)
+        if self.var_type is not None:
+            _choice(self, "var_type", VAR_TYPES)
+        _positive(self, "T", "min_snr_gamma", "sigma_data")
+        _positive(self, "lambda_vlb", allow_zero=True)
+        if self.learned_variance and self.weighting not in (None, self.parameterization):
+            raise ConfigError("learned_variance trains with the hybrid loss and the parameterization's own weighting — unset diffusion.weighting")
+        if self.var_type == "learned" and not self.learned_variance:
+            raise ConfigError("diffusion.var_type = learned needs diffusion.learned_variance=true — or choose fixed_small/fixed_large")
+        if self.clip is not None and not self.clip[0] < self.clip[1]:
+            raise ConfigError(f"diffusion.clip = {self.clip} must be (low, high) with low < high — e.g. -1,1 or none")
+
+    @property
+    def sample_var_type(self) -> str:
+        """The reverse variance actually used."""
+        return self.var_type or ("learned" if self.learned_variance else "fixed_small")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, EMA, precision, logging and checkpoints.
+
+    steps: default total number of optimizer steps (``train(steps=...)`` overrides it).
+    batch_size: global batch per optimizer step (all ranks and accumulation steps together).
+    lr, warmup_steps: AdamW learning rate, reached linearly over ``warmup_steps``; then constant
+        (``lr_schedule="constant"``, DDPM) or cosine-decayed to ``min_lr`` over ``decay_steps``.
+    ema_halflife_kimg: EMA half-life in thousands of training examples (batch-size invariant:
+        β = 0.5^(batch / (1000·halflife)), Karras et al. 2022); ``ema_warmup`` caps the half-life at
+        ``ema_warmup`` × examples seen so far (0 disables).
+    precision: fp32 | bf16 | fp16 | auto (bf16 autocast on CUDA where supported, fp16 + GradScaler
+        where not, fp32 on CPU/MPS).
+    cond_drop: probability of dropping the class label (classifier-free guidance), if class_cond.
+    *_every: intervals in optimizer steps (0 disables); keep_last: checkpoints kept.
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup_steps: int = 100
+    lr_schedule: str = "constant"
+    decay_steps: int = 0
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    ema_halflife_kimg: float = 10.0
+    ema_warmup: float = 0.1
+    precision: str = "auto"
+    fused: bool = True
+    grad_accum: int = 1
+    seed: int = 0
+    cond_drop: float = 0.1
+    log_every: int = 10
+    sample_every: int = 250
+    sample_n: int = 64
+    sample_steps: int = 50
+    ckpt_every: int = 250
+    keep_last: int = 3
+    val_every: int = 250
+    val_batches: int = 4
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size", "lr", "grad_accum", "keep_last", "sample_n", "sample_steps")
+        _positive(self, "warmup_steps", "decay_steps", "min_lr", "weight_decay", "grad_clip", "ema_halflife_kimg",
+                  "ema_warmup", "log_every", "sample_every", "ckpt_every", "val_every", "val_batches", "seed",
+                  allow_zero=True)  # fmt: skip
+        _choice(self, "precision", ("auto", "fp32", "bf16", "fp16"))
+        _choice(self, "lr_schedule", ("constant", "cosine"))
+        if self.lr_schedule == "cosine" and self.decay_steps <= 0:
+            raise ConfigError("train.lr_schedule = cosine needs its own horizon — set train.decay_steps > 0")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"train.batch_size = {self.batch_size} is not divisible by train.grad_accum = {self.grad_accum} — change one")
+        if not 0 <= self.cond_drop < 1:
+            raise ConfigError(f"train.cond_drop = {self.cond_drop} must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run; saved as ``config.json`` in the run directory."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "fmnist"
+
+
+# --- presets ----------------------------------------------------------------------------------------
+
+
+def _unet(name: str, **changes: Any) -> ModelConfig:
+    """A ModelConfig from the nn package's UNET_PRESETS (data-derived sizes are filled at build time)."""
+    from undiffuse.nn import UNET_PRESETS
+
+    keys = {f.name for f in fields(ModelConfig)}
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in UNET_PRESETS[name].items() if k in keys}
+    return ModelConfig(arch="unet", **{**kw, **changes})
+
+
+def _fmnist() -> RunConfig:
+    return RunConfig(
+        data=DataConfig("fashion-mnist"),
+        model=_unet("fmnist-small"),
+        diffusion=DiffusionConfig(schedule="cosine", parameterization="v", weighting="min_snr"),
+        train=TrainConfig(steps=1000, batch_size=64, lr=5e-4, warmup_steps=100, ema_halflife_kimg=10.0),
+        preset="fmnist",
+    )
+
+
+def _digits_tiny() -> RunConfig:
+    return RunConfig(
+        data=DataConfig("digits"),
+        model=_unet("tiny"),
+        diffusion=DiffusionConfig(schedule="linear", T=1000),
+        train=TrainConfig(steps=50, batch_size=32, lr=1e-3, warmup_steps=5, ema_halflife_kimg=0.5, log_every=5,
+                          sample_every=0, ckpt_every=10, val_every=0, val_batches=1, sample_n=16, sample_steps=10),
+        preset="digits-tiny",
+    )  # fmt: skip
+
+
+def _toy() -> RunConfig:
+    return RunConfig(
+        data=DataConfig("toy:25gaussians"),
+        model=ModelConfig(arch="mlp", hidden=256, depth=4, emb_dim=128, dropout=0.0),
+        diffusion=DiffusionConfig(schedule="linear", T=1000, parameterization="eps", clip=None),
+        train=TrainConfig(steps=3000, batch_size=512, lr=1e-3, warmup_steps=100, ema_halflife_kimg=50.0,
+                          log_every=50, sample_every=1000, sample_n=2000, ckpt_every=1000, val_every=500,
+                          val_batches=2),
+        preset="toy",
+    )  # fmt: skip
+
+
+def _ddpm_cifar10() -> RunConfig:
+    return RunConfig(
+        data=DataConfig(""),
+        model=_unet("ddpm-cifar10"),
+        diffusion=DiffusionConfig(schedule="linear", T=1000, parameterization="eps"),
+        # DDPM: Adam 2e-4, warm-up 5000, batch 128, clip 1, EMA 0.9999 per step = half-life ≈ 887 kimg
+        train=TrainConfig(steps=800_000, batch_size=128, lr=2e-4, warmup_steps=5000, ema_halflife_kimg=887.0,
+                          ema_warmup=0.05, sample_every=10_000, ckpt_every=10_000, val_every=10_000),
+        preset="ddpm-cifar10",
+    )  # fmt: skip
+
+
+PRESETS = {"fmnist": _fmnist, "digits-tiny": _digits_tiny, "toy": _toy, "ddpm-cifar10": _ddpm_cifar10}
+
+
+def get_preset(name: str) -> RunConfig:
+    """The named preset (see the module table)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r} — choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def resolve_config(data: Optional[str] = None, preset: Optional[str] = None, overrides: Iterable[str] = ()) -> RunConfig:
+    """The configuration a ``train --data D --preset P --set k=v …`` command means.
+
+    Without a preset, ``toy:*`` data picks ``toy`` and anything else ``fmnist``; ``data`` sets
+    ``data.name``; then the overrides apply in order.
+    """
+    if preset is None:
+        preset = "toy" if data is not None and data.startswith("toy:") else "fmnist"
+    cfg = get_preset(preset)
+    if data is not None:
+        cfg = replace(cfg, data=replace(cfg.data, name=data))
+    return apply_overrides(cfg, overrides)
+
+
+# --- overrides and (de)serialisation ------------------------------------------------------------------
+
+_SECTIONS = ("data", "model", "diffusion", "train")
+
+
+def config_keys() -> list[str]:
+    """Every valid dotted key, e.g. ``train.lr``."""
+    return [f"{s}.{f.name}" for s in _SECTIONS for f in fields(_section_type(s))]
+
+
+def _section_type(name: str) -> type:
+    return {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}[name]
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def apply_overrides(cfg: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    """Apply ``"section.field=value"`` strings; values are parsed by the field's type.
+
+    Lists are comma-separated (``model.channel_mult=1,2,2``), mappings are ``k:v,k:v`` or JSON,
+    ``none`` clears an optional field, booleans are true/false/1/0/yes/no.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value — write e.g. train.lr=2e-4")
+        key, text = item.split("=", 1)
+        cfg = set_value(cfg, key.strip(), text.strip(), parse=True)
+    return cfg
+
+
+def set_value(cfg: RunConfig, key: str, value: Any, parse: bool = False) -> RunConfig:
+    """A copy of ``cfg`` with the dotted ``key`` set (``value`` parsed from text if ``parse``)."""
+    parts = key.split(".")
+    if len(parts) != 2 or parts[0] not in _SECTIONS:
+        raise ConfigError(f"unknown config key {key!r} — keys are section.field with section one of {', '.join(_SECTIONS)}")
+    if parts[1] not in {f.name for f in fields(_section_type(parts[0]))}:
+        valid = [k for k in config_keys() if k.startswith(parts[0] + ".")]
+        raise ConfigError(f"unknown config key {key!r} — valid {parts[0]} keys: {', '.join(valid)}")
+    section, name = parts
+    typ = _hints(_section_type(section))[name]
+    new = _parse(value, typ, key) if parse else _coerce(value, typ, key)
+    return replace(cfg, **{section: replace(getattr(cfg, section), **{name: new})})
+
+
+_NONE = ("none", "null", "")
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def _union_args(typ: Any) -> tuple:
+    origin = typing.get_origin(typ)
+    if origin is Union or (hasattr(types, "UnionType") and isinstance(typ, types.UnionType)):
+        return typing.get_args(typ)
+    return ()
+
+
+def _type_name(typ: Any) -> str:
+    return getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
+
+
+def _parse(text: str, typ: Any, key: str) -> Any:
+    """Parse override text into a value of type ``typ``."""
+    args = _union_args(typ)
+    if args:  # Optional[X]
+        if text.lower() in _NONE:
+            return None
+        return _parse(text, next(a for a in args if a is not type(None)), key)
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        items = [s for s in text.strip("()[] ").split(",") if s.strip()]
+        return _coerce([_parse_scalar(s.strip(), _tuple_item(typ, i), key) for i, s in enumerate(items)], typ, key)
+    if origin is dict:
+        if text.lstrip().startswith("{"):
+            try:
+                return _coerce(json.loads(text), typ, key)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{key}: {text!r} is not valid JSON ({e.msg}) — write k:v,k:v or a JSON object") from None
+        pairs = [p.split(":", 1) for p in text.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise ConfigError(f"{key}: {text!r} is not a mapping — write k:v,k:v (e.g. beta_start:1e-4,beta_end:0.02)")
+        vtyp = typing.get_args(typ)[1]
+        return {k.strip(): _parse_scalar(v.strip(), vtyp, key) for k, v in pairs}
+    return _parse_scalar(text, typ, key)
+
+
+def _tuple_item(typ: Any, i: int) -> Any:
+    args = typing.get_args(typ)
+    return args[0] if len(args) == 2 and args[1] is Ellipsis else args[min(i, len(args) - 1)]
+
+
+def _parse_scalar(text: str, typ: Any, key: str) -> Any:
+    bad = ConfigError(f"{key} expects {_type_name(typ)}, got {text!r} — give a value of that type")
+    if typ is bool:
+        if text.lower() not in _BOOLS:
+            raise bad
+        return _BOOLS[text.lower()]
+    if typ is int:
+        try:
+            f = float(text)
+        except ValueError:
+            raise bad from None
+        if not f.is_integer():
+            raise bad
+        return int(f)
+    if typ is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise bad from None
+    return text
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check (and gently convert: list → tuple, int → float) an already-typed value, e.g. from JSON."""
+    args = _union_args(typ)
+    if args:
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key)
+    bad = ConfigError(f"{key} expects {_type_name(typ)}, got {value!r} — give a value of that type")
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        args_t = typing.get_args(typ)
+        if not (len(args_t) == 2 and args_t[1] is Ellipsis) and len(value) != len(args_t):
+            raise ConfigError(f"{key} expects {len(args_t)} values, got {len(value)} — e.g. {','.join('1' * len(args_t))}")
+        return tuple(_coerce(v, _tuple_item(typ, i), key) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        vtyp = typing.get_args(typ)[1]
+        return {str(k): _coerce(v, vtyp, key) for k, v in value.items()}
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if typ in (int, str, bool) and type(value) is not typ:
+        raise bad
+    return value
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    """A JSON-ready nested dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(d: dict) -> RunConfig:
+    """Rebuild a :class:`RunConfig` from :func:`to_dict` output; unknown keys and wrong types are refused.
+
+    Missing keys take the dataclass defaults (so configs saved by older versions still load).
+    """
+    if not isinstance(d, dict):
+        raise ConfigError("a run configuration must be a JSON object — check config.json")
+    unknown = set(d) - set(_SECTIONS) - {"preset"}
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)} — valid: {', '.join(_SECTIONS)}, preset")
+    kw: dict[str, Any] = {}
+    for s in _SECTIONS:
+        sub = d.get(s, {})
+        if not isinstance(sub, dict):
+            raise ConfigError(f"config section {s!r} must be an object")
+        hints = _hints(_section_type(s))
+        for k in sub:
+            if k not in hints:
+                raise ConfigError(f"unknown config key '{s}.{k}' — valid keys: {', '.join(config_keys())}")
+        kw[s] = _section_type(s)(**{k: _coerce(v, hints[k], f"{s}.{k}") for k, v in sub.items()})
+    return RunConfig(**kw, preset=str(d.get("preset", "custom")))
+
+
+def diff_configs(a: RunConfig, b: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ: {key: (a_value, b_value)}."""
+    out = {}
+    for s in _SECTIONS:
+        for f in fields(_section_type(s)):
+            va, vb = getattr(getattr(a, s), f.name), getattr(getattr(b, s), f.name)
+            if va != vb:
+                out[f"{s}.{f.name}"] = (va, vb)
+    return out
