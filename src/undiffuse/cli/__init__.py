@@ -1,0 +1,1 @@
+"""The ``undiffuse`` command line: thin wrappers over documented Python functions."""

@@ -1,0 +1,59 @@
+"""``undiffuse`` entry point: parses the command, runs it, and turns user errors into one line.
+
+Every command is a module of this package with ``add_parser(subparsers)`` and ``run(args) -> int``.
+A :class:`~undiffuse.errors.UserError` (bad config, data, checkpoint, …) is printed as
+``undiffuse: error: <problem — fix>`` on stderr with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+COMMANDS = ("train", "sample", "nll", "noise", "schedule", "eval", "bench", "edit", "study")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="undiffuse",
+        description="Diffusion models: train, sample, evaluate likelihood and quality, benchmark.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"undiffuse.cli.cmd_{name}")
+        except ModuleNotFoundError as err:  # a command whose module is not part of this build
+            if err.name != f"undiffuse.cli.cmd_{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from undiffuse.errors import UserError
+    from undiffuse.schedules import ScheduleError
+
+    return (UserError, ScheduleError)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as err:
+        print(f"undiffuse: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("undiffuse: interrupted", file=sys.stderr)
+        return 130
+    except FileNotFoundError as err:
+        print(f"undiffuse: error: {err.filename or err}: no such file — check the path", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
