@@ -1,0 +1,41 @@
+"""GAN and VAE baselines on undiffuse's data pipeline (issue 5): the models diffusion is compared with.
+
+- :mod:`~undiffuse.baselines.gan`: DCGAN for images (any size ≥ 8), MLP GAN / PacGAN for 2-D data,
+  non-saturating loss.
+- :mod:`~undiffuse.baselines.vae`: convolutional / MLP VAE with the diffusion VLB's decoders
+  (discretized Gaussian for 8-bit data), ELBO and IWAE bounds in nats and bits/dim.
+- :mod:`~undiffuse.baselines.train`: ``train_baseline`` (steps and/or wall-clock budget, safetensors
+  checkpoints, resumable), ``sample_baseline`` (sample i depends only on (seed, i)), ``baseline_nll``.
+"""
+
+from undiffuse.baselines.gan import GAN, ConvDecoder, ConvEncoder, build_gan
+from undiffuse.baselines.train import (
+    KINDS,
+    BaselineConfig,
+    baseline_nll,
+    count_params,
+    load_baseline,
+    sample_baseline,
+    sample_seed,
+    train_baseline,
+    width_for_params,
+)
+from undiffuse.baselines.vae import VAE, build_vae
+
+__all__ = [
+    "GAN",
+    "KINDS",
+    "VAE",
+    "BaselineConfig",
+    "ConvDecoder",
+    "ConvEncoder",
+    "baseline_nll",
+    "build_gan",
+    "build_vae",
+    "count_params",
+    "load_baseline",
+    "sample_baseline",
+    "sample_seed",
+    "train_baseline",
+    "width_for_params",
+]

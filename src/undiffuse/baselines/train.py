@@ -1,0 +1,438 @@
+"""Train, save, load and sample the GAN and VAE baselines on undiffuse's data pipeline.
+
+A run directory holds
+
+- ``config.json``: the :class:`BaselineConfig` (kind, data, resolved network kwargs, optimiser) and the
+  parameter counts; enough to rebuild the networks without running any code from the checkpoint;
+- ``model.safetensors``: the network weights (GAN: ``generator.*`` and ``discriminator.*``; VAE:
+  ``encoder.*`` and ``decoder.*``), metadata ``step``;
+- ``train_state.safetensors``: optimiser moments and the RNG state, metadata ``step``, ``seconds`` and
+  the optimisers' hyper-parameters (for resuming);
+- ``log.jsonl``: one JSON line per ``log_every`` steps with the mean losses since the last line.
+
+Every file is written to a temporary name and renamed (atomic on POSIX), and nothing is pickled.
+``seconds`` and ``steps`` are *total* budgets of the run, so a resumed run stops where an uninterrupted
+one would have (training-loop wall clock; data loading and model building are not counted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from undiffuse.baselines.gan import GAN, build_gan
+from undiffuse.baselines.vae import VAE, build_vae
+from undiffuse.data import load_dataset
+
+__all__ = [
+    "KINDS",
+    "BaselineConfig",
+    "baseline_nll",
+    "count_params",
+    "load_baseline",
+    "sample_baseline",
+    "sample_seed",
+    "train_baseline",
+    "width_for_params",
+]
+
+KINDS = ("gan", "vae")
+PathLike = Union[str, os.PathLike]
+# (lr, betas) per kind and data kind: DCGAN's Adam(2e-4, β1 = 0.5); PacGAN's 1e-4 on the 2-D toys;
+# Adam(1e-3) for the VAEs.
+_OPTIM = {("gan", "image"): (2e-4, (0.5, 0.999)), ("gan", "vector"): (1e-4, (0.5, 0.999)),
+          ("vae", "image"): (1e-3, (0.9, 0.999)), ("vae", "vector"): (1e-3, (0.9, 0.999))}  # fmt: skip
+_BATCH = {"image": 128, "vector": 100}
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Everything that defines a baseline run (saved as ``config.json``).
+
+    Attributes:
+        kind: "gan" or "vae".
+        data: dataset spec for :func:`undiffuse.data.load_dataset` (e.g. "fashion-mnist", "toy:8gaussians").
+        data_kind / data_shape: "image" with (C, H, W) or "vector" with (D,).
+        likelihood: the VAE decoder, "discrete" for 8-bit data and "continuous" otherwise.
+        model: keyword arguments of :func:`build_gan` / :func:`build_vae` (width, z_dim, pack, ...).
+        lr / betas / batch_size / seed: Adam and the minibatch stream.
+        image_size: resize images to this size (None: native).
+    """
+
+    kind: str
+    data: str
+    data_kind: str
+    data_shape: tuple[int, ...]
+    likelihood: str = "discrete"
+    model: dict = field(default_factory=dict)
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    batch_size: int = 128
+    seed: int = 0
+    image_size: Optional[int] = None
+
+    def build(self) -> Union[GAN, VAE]:
+        """The networks this config describes (freshly initialised)."""
+        if self.kind == "gan":
+            return build_gan(self.data_kind, self.data_shape, **self.model)
+        return build_vae(self.data_kind, self.data_shape, self.likelihood, **self.model)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "BaselineConfig":
+        d = dict(d)
+        d["data_shape"], d["betas"] = tuple(d["data_shape"]), tuple(d["betas"])
+        return cls(**d)
+
+
+def count_params(model: Union[GAN, VAE]) -> int:
+    """Parameters of the generative network: the GAN's generator (the part that samples); the VAE's
+    encoder + decoder (both enter the bound)."""
+    net = model.generator if isinstance(model, GAN) else model
+    return sum(p.numel() for p in net.parameters())
+
+
+def width_for_params(build: Callable[[int], nn.Module], target: int, lo: int = 1, hi: int = 1 << 14) -> int:
+    """The width w in [lo, hi] whose ``count_params(build(w))`` is closest to ``target``. The count
+    grows with w, so a doubling search and a bisection find it; the networks are built on the meta
+    device (no memory, no initialisation cost)."""
+
+    def count(w: int) -> int:
+        with torch.device("meta"):
+            return count_params(build(w))
+
+    top = lo
+    while top < hi and count(top) <= target:
+        lo, top = top, min(2 * top, hi)
+    hi = top
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid) <= target else (lo, mid)
+    return min((lo, hi), key=lambda w: abs(count(w) - target))
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(str(tmp))
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    def write(p: str) -> None:
+        with open(p, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+
+    _atomic(path, write)
+
+
+def _resolve_config(
+    kind: str, data_spec: str, ds, *, seed: int, batch_size: Optional[int], lr: Optional[float],
+    model: Optional[dict], target_params: Optional[int], image_size: Optional[int],
+) -> BaselineConfig:  # fmt: skip
+    if kind not in KINDS:
+        raise ValueError(f"unknown baseline {kind!r}; choose one of {KINDS}")
+    default_lr, betas = _OPTIM[(kind, ds.kind)]
+    cfg = BaselineConfig(
+        kind, data_spec, ds.kind, ds.shape, "discrete" if ds.discrete_8bit else "continuous", dict(model or {}),
+        default_lr if lr is None else lr, betas, batch_size or _BATCH[ds.kind], seed, image_size,
+    )  # fmt: skip
+    if target_params is not None:
+        build = lambda w: dataclasses.replace(cfg, model={**cfg.model, "width": w}).build()
+        cfg = dataclasses.replace(cfg, model={**cfg.model, "width": width_for_params(build, target_params)})
+    pack = cfg.model.get("pack", 1)
+    if kind == "gan" and cfg.batch_size % pack:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of pack={pack}")
+    return cfg
+
+
+def _param_counts(model: Union[GAN, VAE]) -> dict:
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    if isinstance(model, GAN):
+        return {"generator": n(model.generator), "discriminator": n(model.discriminator)}
+    return {"encoder": n(model.encoder), "decoder": n(model.decoder), "total": n(model)}
+
+
+def _optimizers(cfg: BaselineConfig, model: Union[GAN, VAE]) -> dict[str, torch.optim.Optimizer]:
+    adam = lambda m: torch.optim.Adam(m.parameters(), lr=cfg.lr, betas=cfg.betas)
+    if isinstance(model, GAN):
+        return {"g": adam(model.generator), "d": adam(model.discriminator)}
+    return {"vae": adam(model)}
+
+
+def _gan_step(model: GAN, opt: dict, real: torch.Tensor, gen: torch.Generator) -> dict:
+    """One alternating update: D on a real and a fake batch, then G with the non-saturating loss."""
+    z = torch.randn(real.shape[0], model.z_dim, generator=gen).to(real.device)
+    fake = model(z)
+    loss_d = model.d_loss(real, fake)
+    opt["d"].zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt["d"].step()
+    loss_g = model.g_loss(fake)
+    opt["g"].zero_grad(set_to_none=True)
+    loss_g.backward()  # D's gradients from this pass are discarded by its next zero_grad
+    opt["g"].step()
+    return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+
+
+def _vae_step(model: VAE, opt: dict, x: torch.Tensor, gen: torch.Generator) -> dict:
+    """One Adam step on −ELBO per dimension."""
+    loss = model.loss(x, generator=gen)
+    opt["vae"].zero_grad(set_to_none=True)
+    loss.backward()
+    opt["vae"].step()
+    return {"loss": loss.item(), "bits_per_dim": loss.item() / math.log(2)}
+
+
+def _flat_optim(opts: dict) -> tuple[dict, dict]:
+    tensors, groups = {}, {}
+    for name, opt in opts.items():
+        sd = opt.state_dict()
+        for idx, st in sd["state"].items():
+            for key, v in st.items():
+                tensors[f"{name}.{idx}.{key}"] = torch.as_tensor(v).detach().cpu().contiguous()
+        groups[name] = sd["param_groups"]
+    return tensors, groups
+
+
+def _unflat_optim(opts: dict, tensors: dict, groups: dict) -> None:
+    for name, opt in opts.items():
+        state: dict = {}
+        for k, v in tensors.items():
+            head, idx, key = k.split(".", 2)
+            if head == name:
+                state.setdefault(int(idx), {})[key] = v
+        opt.load_state_dict({"state": state, "param_groups": groups[name]})
+
+
+def _save(out: Path, model: nn.Module, opts: dict, gen: torch.Generator, step: int, seconds: float) -> None:
+    """Weights, then optimiser + RNG state, each written atomically; both carry the step."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic(out / "model.safetensors", lambda p: save_file(weights, p, metadata={"step": str(step)}))
+    tensors, groups = _flat_optim(opts)
+    tensors["rng"] = gen.get_state()
+    meta = {"step": str(step), "seconds": repr(seconds), "param_groups": json.dumps(groups)}
+    _atomic(out / "train_state.safetensors", lambda p: save_file(tensors, p, metadata=meta))
+
+
+def _metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
+
+
+def _resume(out: Path, model: nn.Module, opts: dict, gen: torch.Generator, device) -> tuple[int, float]:
+    state_path = out / "train_state.safetensors"
+    meta, model_meta = _metadata(state_path), _metadata(out / "model.safetensors")
+    if meta.get("step") != model_meta.get("step"):
+        raise RuntimeError(f"{out}: weights (step {model_meta.get('step')}) and train state (step "
+                           f"{meta.get('step')}) disagree; the last save was interrupted")  # fmt: skip
+    model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(device)))
+    tensors = load_file(str(state_path))
+    gen.set_state(tensors.pop("rng"))
+    _unflat_optim(opts, {k: v.to(device) if not k.endswith(".step") else v for k, v in tensors.items()},
+                  json.loads(meta["param_groups"]))  # fmt: skip
+    return int(meta["step"]), float(meta["seconds"])
+
+
+class _Log:
+    """Running means of the step losses, appended to log.jsonl every ``every`` steps."""
+
+    def __init__(self, path: Path, every: int) -> None:
+        self.path, self.every, self.sums, self.n = path, every, {}, 0
+
+    def add(self, losses: dict, step: int, seconds: float, force: bool = False) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += bool(losses)
+        if self.n and (force or step % self.every == 0):
+            row = {
+                "step": step,
+                "seconds": round(seconds, 3),
+                **{k: s / self.n for k, s in self.sums.items()},
+            }
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            self.sums, self.n = {}, 0
+
+
+def train_baseline(
+    kind: str,
+    data_spec: str,
+    out_dir: PathLike,
+    *,
+    seconds: Optional[float] = None,
+    steps: Optional[int] = None,
+    seed: int = 0,
+    device: Union[str, torch.device] = "cpu",
+    batch_size: Optional[int] = None,
+    lr: Optional[float] = None,
+    model: Optional[dict] = None,
+    target_params: Optional[int] = None,
+    image_size: Optional[int] = None,
+    log_every: int = 100,
+    ckpt_every: Optional[int] = None,
+    resume: bool = False,
+) -> dict:
+    """Train a GAN or VAE baseline on ``data_spec``'s train split until ``steps`` or ``seconds``.
+
+    Args:
+        kind: "gan" or "vae".
+        data_spec: a spec of :func:`undiffuse.data.load_dataset`.
+        out_dir: run directory (created); see the module docstring for its files.
+        seconds / steps: total budgets of the run (at least one); training stops at the first reached.
+        seed: fixes initialisation, minibatches and latents.
+        batch_size / lr: default 128 / DCGAN's 2e-4 for images, 100 / 1e-4 (PacGAN) for 2-D GANs, 1e-3 for VAEs.
+        model: keyword arguments of :func:`build_gan` / :func:`build_vae`.
+        target_params: choose ``width`` so :func:`count_params` is closest to this (e.g. the diffusion
+            network's count).
+        log_every / ckpt_every: steps between log lines / intermediate checkpoints (None: only at the end).
+        resume: continue from ``out_dir``'s checkpoint (its config wins over the arguments).
+    Returns:
+        a summary: steps, seconds, final logged losses, parameter counts, out_dir.
+    """
+    if seconds is None and steps is None:
+        raise ValueError("give a budget: seconds=..., steps=... or both")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resuming = resume and (out / "train_state.safetensors").exists()
+    if resuming:
+        cfg = BaselineConfig.from_json(json.loads((out / "config.json").read_text())["config"])
+        ds = load_dataset(cfg.data, "train", cfg.image_size)
+    else:
+        ds = load_dataset(data_spec, "train", image_size)
+        cfg = _resolve_config(kind, data_spec, ds, seed=seed, batch_size=batch_size, lr=lr, model=model,
+                              target_params=target_params, image_size=image_size)  # fmt: skip
+    return _fit(cfg, ds.x, out, resuming, device, seconds, steps, log_every, ckpt_every)
+
+
+def _fit(cfg: BaselineConfig, x_all: torch.Tensor, out: Path, resuming: bool, device, seconds, steps,
+         log_every: int, ckpt_every: Optional[int]) -> dict:  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = cfg.build().to(device)
+    opts = _optimizers(cfg, model)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch indices and latents (CPU, then moved)
+    step, elapsed = _resume(out, model, opts, gen, device) if resuming else (0, 0.0)
+    if not resuming:
+        (out / "log.jsonl").unlink(missing_ok=True)
+        _write_json(out / "config.json", {"config": cfg.to_json(), "params": _param_counts(model)})
+    log, step_fn = _Log(out / "log.jsonl", log_every), _gan_step if cfg.kind == "gan" else _vae_step
+    model.train()
+    t0 = time.perf_counter() - elapsed
+    while (steps is None or step < steps) and (seconds is None or time.perf_counter() - t0 < seconds):
+        idx = torch.randint(len(x_all), (cfg.batch_size,), generator=gen)
+        losses = step_fn(model, opts, x_all[idx].to(device), gen)
+        step += 1
+        log.add(losses, step, time.perf_counter() - t0)
+        if ckpt_every and step % ckpt_every == 0:
+            _save(out, model, opts, gen, step, time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    log.add({}, step, elapsed, force=True)
+    _save(out, model, opts, gen, step, elapsed)
+    summary = {"out_dir": str(out), "kind": cfg.kind, "data": cfg.data, "steps": step, "seconds": elapsed,
+               "params": _param_counts(model), "last": _last_log(out / "log.jsonl")}  # fmt: skip
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def _last_log(path: Path) -> dict:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def load_baseline(
+    out_dir: PathLike, device: Union[str, torch.device] = "cpu"
+) -> tuple[Union[GAN, VAE], BaselineConfig]:
+    """Rebuild a trained baseline from ``config.json`` + ``model.safetensors`` (eval mode)."""
+    out = Path(out_dir)
+    cfg = BaselineConfig.from_json(json.loads((out / "config.json").read_text())["config"])
+    model = cfg.build()
+    model.load_state_dict(load_file(str(out / "model.safetensors")))
+    return model.to(device).eval(), cfg
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The RNG seed of sample ``index`` of a run seeded ``seed`` (a hash, so streams do not overlap)."""
+    digest = hashlib.sha256(f"undiffuse-baseline:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _latents(model: Union[GAN, VAE], indices: Sequence[int], seed: int, noise_shape) -> tuple:
+    """z [B, z_dim] and (optionally) decoder noise, sample i from its own generator alone."""
+    zs, noises = [], []
+    for i in indices:
+        g = torch.Generator().manual_seed(sample_seed(seed, i))
+        zs.append(torch.randn(model.z_dim, generator=g))
+        if noise_shape is not None:
+            noises.append(torch.randn(noise_shape, generator=g))
+    return torch.stack(zs), (torch.stack(noises) if noises else None)
+
+
+@torch.no_grad()
+def sample_baseline(
+    out_dir: PathLike,
+    n: int,
+    seed: int = 0,
+    *,
+    start: int = 0,
+    batch_size: int = 500,
+    device: Union[str, torch.device] = "cpu",
+    decoder_noise: Optional[bool] = None,
+) -> torch.Tensor:
+    """``n`` samples (indices ``start`` .. ``start + n − 1``) in data units, float32 on the CPU:
+    images in [−1, 1] [n, C, H, W] or points [n, D]. Sample i depends only on (seed, i).
+
+    A GAN returns G(z). A VAE returns the decoder mean for images and a full draw mean + scale·noise
+    from p(x|z) for vectors (``decoder_noise`` overrides)."""
+    model, cfg = load_baseline(out_dir, device)
+    noisy = cfg.kind == "vae" and (cfg.data_kind == "vector" if decoder_noise is None else decoder_noise)
+    chunks = []
+    for b in range(start, start + n, batch_size):
+        idx = range(b, min(b + batch_size, start + n))
+        z, noise = _latents(model, idx, seed, cfg.data_shape if noisy else None)
+        z = z.to(device)
+        x = model(z) if cfg.kind == "gan" else model.sample(z, None if noise is None else noise.to(device))
+        chunks.append(x.float().cpu())
+    x = torch.cat(chunks) if chunks else torch.empty(0, *cfg.data_shape)
+    return x.clamp(-1, 1) if cfg.data_kind == "image" else x
+
+
+@torch.no_grad()
+def baseline_nll(
+    out_dir: PathLike,
+    split: str = "test",
+    *,
+    k: int = 1,
+    n: Optional[int] = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: Union[str, torch.device] = "cpu",
+) -> dict:
+    """A VAE's bound on the NLL of ``split`` in bits/dim: the ELBO (k = 1) or IWAE_k, with the
+    discretized decoder on 8-bit data (discrete bits/dim, the units of the diffusion VLB)."""
+    model, cfg = load_baseline(out_dir, device)
+    if cfg.kind != "vae":
+        raise ValueError("a GAN has no likelihood; only VAE baselines report bits/dim")
+    x = load_dataset(cfg.data, split, cfg.image_size).x
+    x = x[:n] if n is not None else x
+    gen = torch.Generator().manual_seed(seed)
+    bpd = torch.cat([model.bits_per_dim(x[i : i + batch_size].to(device), k, gen).double().cpu()
+                     for i in range(0, len(x), batch_size)])  # fmt: skip
+    return {"bits_per_dim": float(bpd.mean()), "stderr": float(bpd.std() / math.sqrt(len(bpd))),
+            "bound": "elbo" if k == 1 else f"iwae{k}", "units": cfg.likelihood, "split": split,
+            "n": len(bpd), "data": cfg.data}  # fmt: skip
