@@ -10,7 +10,8 @@ A run directory holds
   the optimisers' hyper-parameters (for resuming);
 - ``log.jsonl``: one JSON line per ``log_every`` steps with the mean losses since the last line.
 
-Every file is written to a temporary name and renamed (atomic on POSIX), and nothing is pickled.
+Every file is written through :func:`undiffuse.io.atomic_write` (temporary file, fsync, rename), and
+nothing is pickled.
 ``seconds`` and ``steps`` are *total* budgets of the run, so a resumed run stops where an uninterrupted
 one would have (training-loop wall clock; data loading and model building are not counted).
 """
@@ -34,6 +35,7 @@ from torch import nn
 from undiffuse.baselines.gan import GAN, build_gan
 from undiffuse.baselines.vae import VAE, build_vae
 from undiffuse.data import load_dataset
+from undiffuse.io import atomic_write
 
 __all__ = [
     "KINDS",
@@ -124,19 +126,13 @@ def width_for_params(build: Callable[[int], nn.Module], target: int, lo: int = 1
     return min((lo, hi), key=lambda w: abs(count(w) - target))
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(str(tmp))
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj: Any) -> None:
     def write(p: str) -> None:
         with open(p, "w") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def _resolve_config(
@@ -221,11 +217,11 @@ def _unflat_optim(opts: dict, tensors: dict, groups: dict) -> None:
 def _save(out: Path, model: nn.Module, opts: dict, gen: torch.Generator, step: int, seconds: float) -> None:
     """Weights, then optimiser + RNG state, each written atomically; both carry the step."""
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic(out / "model.safetensors", lambda p: save_file(weights, p, metadata={"step": str(step)}))
+    atomic_write(out / "model.safetensors", lambda p: save_file(weights, p, metadata={"step": str(step)}))
     tensors, groups = _flat_optim(opts)
     tensors["rng"] = gen.get_state()
     meta = {"step": str(step), "seconds": repr(seconds), "param_groups": json.dumps(groups)}
-    _atomic(out / "train_state.safetensors", lambda p: save_file(tensors, p, metadata=meta))
+    atomic_write(out / "train_state.safetensors", lambda p: save_file(tensors, p, metadata=meta))
 
 
 def _metadata(path: Path) -> dict:
