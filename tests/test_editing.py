@@ -42,18 +42,29 @@ def mode_of(x, dims=slice(None)):
     return ((x[:, None, :] - MEANS[None, :, dims]) ** 2).sum(-1).argmin(1)
 
 
+def _registry_names():
+    try:
+        from undiffuse.samplers.registry import SAMPLERS
+    except ImportError:
+        return ["ddim", "ddpm"]
+    return list(SAMPLERS)
+
+
 @pytest.fixture(scope="module")
 def oracle():
     return GaussianMixtureOracle(MEANS, 0.5)
 
 
-def test_resolve_sampler():
-    assert resolve_sampler("ddim") is sample_ddim and resolve_sampler(sample_ddpm) is sample_ddpm
+def test_resolve_sampler(oracle):
+    assert resolve_sampler(sample_ddpm) is sample_ddpm
+    sigmas = karras(5)
+    x = sigmas[0] * torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(resolve_sampler("ddim")(oracle, x, sigmas), sample_ddim(oracle, x, sigmas))
     with pytest.raises(ValueError, match="unknown sampler"):
         resolve_sampler("nope")
 
 
-@pytest.mark.parametrize("which", ["ddim", "ddpm"])
+@pytest.mark.parametrize("which", [n for n in _registry_names() if n in ("ddim", "ddpm", "euler_ancestral", "heun")])
 def test_sampler_step_is_the_samplers_own_step(oracle, which):
     """One step σ_i → σ_{i+1} equals step i of a full run given the same noise."""
     sigmas = discrete_sigmas(make_schedule("linear", 1000), 8)
@@ -101,6 +112,18 @@ def test_inpainting_keeps_the_known_region_exactly(oracle, which, resample, jump
     assert torch.equal(out[keep], img[keep])
     assert (out[~keep] - img[~keep]).abs().min() > 0  # the unknown region is generated, not copied
     assert (out[~keep] - img[~keep]).abs().mean() > 0.2
+
+
+@pytest.mark.parametrize("which", _registry_names())
+def test_every_sampler_inpaints_and_edits(oracle, which):
+    img = images(oracle, 64, 14)
+    sigmas = karras(12)
+    out = inpaint(oracle, img, TOP_ROW, sigmas, sampler=which, generator=torch.Generator().manual_seed(0),
+                  resample=2)
+    assert torch.equal(out[..., 0, :], img[..., 0, :])
+    assert (mode_of(out) == mode_of(img, slice(0, 2))).double().mean() > 0.8
+    edited = sdedit(oracle, img, 0.3, sigmas, sampler=which, generator=torch.Generator().manual_seed(0))
+    assert (mode_of(edited) == mode_of(img)).double().mean() > 0.9
 
 
 def test_inpainting_harmonises_and_resampling_helps(oracle):

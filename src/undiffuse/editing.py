@@ -10,6 +10,7 @@ would be invalid after each edit anyway.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -35,10 +36,10 @@ Sampler = Union[str, Callable]
 
 
 def resolve_sampler(sampler: Sampler) -> Callable:
-    """A ``sample_<name>`` function from a name ("ddim", "ddpm", "heun", …) or the function itself.
+    """A ``sample_<name>``-like function from a name ("ddim", "ddpm", "heun", …) or the function itself.
 
-    Uses ``undiffuse.samplers.registry`` when it exists, else looks ``sample_<name>`` up in
-    :mod:`undiffuse.samplers`.
+    A name goes through ``undiffuse.samplers.registry.sample`` when that registry exists (it picks Σ_θ
+    for a learned-variance model with ``ddpm``), else ``sample_<name>`` of :mod:`undiffuse.samplers`.
     """
     if callable(sampler):
         return sampler
@@ -48,17 +49,12 @@ def resolve_sampler(sampler: Sampler) -> Callable:
         from undiffuse.samplers import registry  # optional; imported lazily
     except ImportError:
         registry = None
-    if registry is not None:
-        for getter in ("get_sampler", "get"):
-            fn = getattr(registry, getter, None)
-            if callable(fn):
-                try:
-                    return fn(sampler)
-                except (KeyError, ValueError):
-                    break
+    table = getattr(registry, "SAMPLERS", {})
+    if sampler in table and callable(getattr(registry, "sample", None)):
+        return functools.partial(registry.sample, sampler)
     fn = getattr(samplers, f"sample_{sampler}", None)
     if fn is None:
-        known = sorted(n[len("sample_"):] for n in dir(samplers) if n.startswith("sample_"))
+        known = sorted(set(table) | {n[len("sample_"):] for n in dir(samplers) if n.startswith("sample_")})
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {known}")
     return fn
 

@@ -88,8 +88,11 @@ def _merge(c: dict, u: dict) -> Optional[dict]:
         return None
     out = {}
     for k in c:
-        if isinstance(c[k], torch.Tensor) and isinstance(u[k], torch.Tensor):
+        tensors = isinstance(c[k], torch.Tensor) + isinstance(u[k], torch.Tensor)
+        if tensors == 2:
             out[k] = torch.cat([c[k], u[k].to(c[k].device)])
+        elif tensors == 1:
+            return None
         elif c[k] is u[k] or c[k] == u[k]:
             out[k] = c[k]
         else:
