@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
 
 from undiffuse.errors import UserError
+from undiffuse.io import atomic_path
 
 __all__ = [
     "TextEncoder",
@@ -58,21 +58,6 @@ def _load_sentence_model(device: str) -> Any:
         return package.load_model(device)
     except (ImportError, FileNotFoundError) as err:  # sentence-transformers missing, or files removed
         raise TextEncoderUnavailable(MISSING_ENCODER_MESSAGE) from err
-
-
-def _atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)  # readers see the old file or the whole new one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class TextEncoder:
@@ -176,7 +161,10 @@ class TextEncoder:
             "lengths": torch.tensor([len(self._tokens[c]) for c in captions], dtype=torch.long),
         }
         meta = {"format": CACHE_FORMAT, "model": self.name, "captions": json.dumps(captions)}
-        _atomic_save({k: v.contiguous() for k, v in tensors.items()}, meta, path)
+        from safetensors.torch import save_file
+
+        with atomic_path(path) as tmp:  # readers see the old file or the whole new one
+            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
         return path
 
     def load_cache(self, path: Union[str, os.PathLike]) -> int:
