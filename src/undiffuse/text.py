@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from undiffuse.errors import UserError
 from undiffuse.io import atomic_path
@@ -161,16 +163,12 @@ class TextEncoder:
             "lengths": torch.tensor([len(self._tokens[c]) for c in captions], dtype=torch.long),
         }
         meta = {"format": CACHE_FORMAT, "model": self.name, "captions": json.dumps(captions)}
-        from safetensors.torch import save_file
-
         with atomic_path(path) as tmp:  # readers see the old file or the whole new one
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
         return path
 
     def load_cache(self, path: Union[str, os.PathLike]) -> int:
         """Add the captions of a cache file to the in-memory cache; returns how many were read."""
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != CACHE_FORMAT or meta.get("model") != self.name:
