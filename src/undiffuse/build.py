@@ -1,0 +1,142 @@
+"""The one place where a configuration becomes objects: schedule, network, denoiser.
+
+Everything a trained model needs besides its weights is the :class:`~undiffuse.config.RunConfig` and a
+:class:`DataInfo` (the shape and kind of one example, classes, whether the data is 8-bit); both are
+saved with every checkpoint, so :func:`build_denoiser` rebuilds the same architecture on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from torch import nn
+
+from undiffuse.config import DiffusionConfig, ModelConfig, RunConfig
+from undiffuse.diffusion.precond import Precond
+from undiffuse.errors import ConfigError
+from undiffuse.schedules.discrete import Schedule, ScheduleError, make_schedule
+
+__all__ = [
+    "DataInfo",
+    "build_schedule",
+    "build_network",
+    "build_denoiser",
+    "architecture_signature",
+    "resolve_arch",
+]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model must know about its data: ``kind`` "image" (shape (C, H, W), values in [-1, 1])
+    or "vector" (shape (D,), data units); classes; ``discrete_8bit`` (the 256-level grid, so NLL is in
+    discrete bits/dim)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    num_classes: Optional[int] = None
+    class_names: Optional[tuple[str, ...]] = None
+    discrete_8bit: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dataset(cls, ds: Any) -> "DataInfo":
+        """From an :class:`undiffuse.data.Dataset`."""
+        names = tuple(ds.class_names) if getattr(ds, "class_names", None) else None
+        return cls(ds.name, ds.kind, tuple(int(s) for s in ds.shape), ds.num_classes, names, bool(ds.discrete_8bit))
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataInfo":
+        d = dict(d)
+        d["shape"] = tuple(d["shape"])
+        if d.get("class_names") is not None:
+            d["class_names"] = tuple(d["class_names"])
+        return cls(**d)
+
+    @property
+    def dims(self) -> int:
+        """Number of dimensions of one example (for bits/dim)."""
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def build_schedule(cfg: DiffusionConfig) -> Schedule:
+    """:func:`undiffuse.schedules.make_schedule` from ``diffusion.schedule``, ``T``, ``schedule_kwargs``."""
+    try:
+        return make_schedule(
+            cfg.schedule, cfg.T, **dict(cfg.schedule_kwargs), allow_zero_terminal_snr=cfg.parameterization != "eps"
+        )
+    except (ScheduleError, TypeError, KeyError) as e:
+        raise ConfigError(f"invalid noise schedule: {e} — fix diffusion.schedule, diffusion.T or diffusion.schedule_kwargs") from e
+
+
+def resolve_arch(cfg: ModelConfig, info: DataInfo) -> str:
+    """"unet" for images, "mlp" for vectors (or what ``model.arch`` says, if it fits the data)."""
+    arch = cfg.arch if cfg.arch != "auto" else ("unet" if info.kind == "image" else "mlp")
+    want = 3 if arch == "unet" else 1
+    if len(info.shape) != want:
+        raise ConfigError(f"model.arch = {arch} does not fit data of shape {info.shape} — use model.arch=auto")
+    return arch
+
+
+def build_network(cfg: ModelConfig, info: DataInfo, learned_variance: bool = False) -> nn.Module:
+    """The raw network ``F(x_in, c_noise, **cond)``: a UNet for images, an MLP for vectors.
+
+    Output channels double with ``learned_variance``; ``model.class_cond`` enables class labels.
+    """
+    from undiffuse.nn import MLP, UNet
+
+    arch = resolve_arch(cfg, info)
+    num_classes = info.num_classes if cfg.class_cond else None
+    if cfg.class_cond and not num_classes:
+        raise ConfigError(f"model.class_cond needs labelled data, and {info.name} has none — set model.class_cond=false")
+    mult = 2 if learned_variance else 1
+    if arch == "unet":
+        c, h, _ = info.shape
+        return UNet(
+            in_channels=c, out_channels=c * mult, base_channels=cfg.base_channels, channel_mult=cfg.channel_mult,
+            num_res_blocks=cfg.num_res_blocks, attn_resolutions=cfg.attn_resolutions, dropout=cfg.dropout,
+            num_groups=cfg.num_groups, image_size=h, num_classes=num_classes, num_heads=cfg.num_heads,
+            scale_shift=cfg.scale_shift,
+        )  # fmt: skip
+    (d,) = info.shape
+    return MLP(d, hidden=cfg.hidden, depth=cfg.depth, emb_dim=cfg.emb_dim, num_classes=num_classes,
+               dropout=cfg.dropout, out_dim=d * mult)  # fmt: skip
+
+
+def build_denoiser(cfg: RunConfig, info: DataInfo, schedule: Optional[Schedule] = None) -> Precond:
+    """The network wrapped as a denoiser D(x; σ) for ``diffusion.parameterization`` (see
+    :class:`undiffuse.diffusion.Precond`)."""
+    d = cfg.diffusion
+    schedule = schedule if schedule is not None else build_schedule(d)
+    net = build_network(cfg.model, info, d.learned_variance)
+    try:
+        return Precond(net, d.parameterization, schedule, d.learned_variance, d.sigma_data)
+    except ValueError as e:
+        raise ConfigError(f"{e} — change diffusion.parameterization or diffusion.schedule") from e
+
+
+def architecture_signature(cfg: RunConfig, info: DataInfo) -> str:
+    """A short hash of everything that fixes the weights' layout (network config, data shape, classes,
+    learned variance); checkpoints of another architecture are refused by comparing it."""
+    arch = resolve_arch(cfg.model, info)
+    relevant = {
+        "arch": arch,
+        "model": asdict(cfg.model),
+        "shape": list(info.shape),
+        "num_classes": info.num_classes if cfg.model.class_cond else None,
+        "learned_variance": cfg.diffusion.learned_variance,
+    }
+    if arch == "mlp":  # UNet-only fields do not change an MLP
+        relevant["model"] = {k: relevant["model"][k] for k in ("hidden", "depth", "emb_dim", "class_cond")}
+    blob = json.dumps(relevant, sort_keys=True, default=list).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,301 @@
+"""``train``: fit a diffusion model, with logs, sample grids, checkpoints and exact resume.
+
+::
+
+    from undiffuse.config import resolve_config
+    from undiffuse.training import train
+    summary = train(resolve_config("toy:25gaussians"), "runs/toy", steps=3000)
+
+One process or many (under ``torchrun``, see :mod:`undiffuse.training.distributed`). Resume is exact:
+every random draw is keyed to (seed, step, position) (:mod:`undiffuse.training.keyed`), the learning
+rate depends only on the step, and a checkpoint holds weights, EMA, optimizer and scaler state; so
+``train(steps=20)`` then ``train(steps=40, resume=True)`` reproduces ``train(steps=40)``, and so does a
+run stopped by Ctrl-C or SIGTERM (which save a checkpoint at the step reached) and resumed.
+A NaN/inf loss stops training before the bad update, keeps the last good checkpoint, and raises a
+:class:`~undiffuse.errors.TrainingError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+
+from undiffuse.build import architecture_signature, build_denoiser
+from undiffuse.config import RunConfig, to_dict
+from undiffuse.diffusion.precond import Precond
+from undiffuse.errors import TrainingError
+from undiffuse.training import distributed as D
+from undiffuse.training.checkpoint import check_signature, load_checkpoint, load_weights_into, save_checkpoint
+from undiffuse.training.ema import EMA, ema_beta
+from undiffuse.training.keyed import derive_seed
+from undiffuse.training.plots import loss_plot, read_log
+from undiffuse.training.rundir import (
+    StopFlag,
+    check_new_run_dir,
+    load_training_data,
+    merge_resume_config,
+    resume_checkpoint,
+    saved_config,
+    write_config,
+)
+from undiffuse.training.step import StepEngine, make_optimizer, resolve_precision
+
+__all__ = ["train", "TrainSummary"]
+
+
+@dataclass
+class TrainSummary:
+    """What a call to :func:`train` did."""
+
+    run_dir: Path
+    step: int
+    start_step: int
+    steps: int
+    examples_seen: int
+    loss: Optional[float]
+    val_loss: Optional[float]
+    checkpoint: Optional[Path]
+    interrupted: bool
+    seconds: float
+    img_per_s: float
+
+
+def train(
+    cfg: Optional[RunConfig], run_dir: Union[str, os.PathLike], steps: Optional[int] = None, resume: bool = False,
+    device: Union[str, torch.device, None] = None, progress: bool = True,
+    on_step: Optional[Callable[[int, dict], None]] = None,
+) -> TrainSummary:  # fmt: skip
+    """Train until ``steps`` optimizer steps in total (default ``cfg.train.steps``).
+
+    Args:
+        cfg: the run configuration; with ``resume`` it may be None (use the saved one), and any
+            difference from the saved one other than ``train.steps`` is refused.
+        run_dir: output directory; must be new or empty unless ``resume``.
+        resume: continue from the latest checkpoint in ``run_dir``.
+        device: "cuda", "cpu", … (default: cuda, mps or cpu; under torchrun, cuda:LOCAL_RANK).
+        progress: show a tqdm bar (loss, it/s, ETA) on rank 0.
+        on_step: called as on_step(step, stats) after every optimizer step (stats: loss, lr,
+            grad_norm); raising KeyboardInterrupt there stops training like Ctrl-C.
+    Returns:
+        a :class:`TrainSummary`; ``interrupted`` is True after Ctrl-C/SIGTERM (a checkpoint was saved).
+    Raises:
+        UserError subclasses for a refused run directory, bad data or config, NaN loss, full disk.
+    """
+    if steps is not None and steps < 1:
+        raise TrainingError(f"--steps must be a positive number of optimizer steps, got {steps}")
+    ctx = D.setup(device)
+    devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), StopFlag() as stop:
+            return _Run(cfg, Path(run_dir), steps, resume, ctx, progress, on_step, stop).run()
+    finally:
+        D.teardown(ctx)
+
+
+class _Run:
+    """State of one call to :func:`train` (kept out of the public API)."""
+
+    def __init__(self, cfg, run_dir: Path, steps, resume: bool, ctx: D.DistContext, progress: bool, on_step,
+                 stop: StopFlag) -> None:  # fmt: skip
+        self.run_dir, self.ctx, self.progress, self.on_step, self.stop = run_dir, ctx, progress, on_step, stop
+        self.ckpt_path = resume_checkpoint(run_dir) if resume else None
+        if resume:
+            cfg = merge_resume_config(saved_config(run_dir), cfg, steps)
+        else:
+            if cfg is None:
+                raise TrainingError("no configuration given for a new run — pass a RunConfig (e.g. resolve_config(...))")
+            check_new_run_dir(run_dir)
+            cfg = replace(cfg, train=replace(cfg.train, steps=steps)) if steps is not None else cfg
+        self.cfg: RunConfig = cfg
+        if cfg.train.batch_size % (ctx.world_size * cfg.train.grad_accum):
+            raise TrainingError(
+                f"train.batch_size = {cfg.train.batch_size} must be divisible by {ctx.world_size} ranks × "
+                f"train.grad_accum = {cfg.train.grad_accum} — change the batch size"
+            )
+        D.barrier(ctx)  # every rank has checked the directory before rank 0 writes to it
+        self.data = load_training_data(cfg, ctx.device)
+        self.signature = architecture_signature(cfg, self.data.info)
+        self._build()
+        self.step = self._restore() if resume else 0
+        self.last_ckpt: Optional[Path] = self.ckpt_path
+        self.last_loss: Optional[float] = None
+        self.val_loss: Optional[float] = None
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(run_dir, cfg)
+            self._truncate_log()
+
+    # --- setup -----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        torch.manual_seed(derive_seed(cfg.train.seed, "init"))
+        precond = build_denoiser(cfg, self.data.info).to(ctx.device)
+        self.precond = precond
+        train_net = D.wrap_ddp(precond.net, ctx)
+        train_precond = Precond(train_net, precond.parameterization, precond.schedule, precond.learned_variance,
+                                precond.sigma_data)  # fmt: skip
+        self.ema = EMA(precond.net)
+        dtype, use_scaler = resolve_precision(cfg.train.precision, ctx.device)
+        scaler = torch.amp.GradScaler(ctx.device.type) if use_scaler else None
+        opt = make_optimizer(precond.net.parameters(), cfg.train, ctx.device)
+        self.engine = StepEngine(cfg, ctx, precond, train_precond, precond.schedule, self.data.info, self.data.x,
+                                 self.data.y, opt, dtype, scaler)  # fmt: skip
+
+    def _restore(self) -> int:
+        ckpt = load_checkpoint(self.ckpt_path, map_location=self.ctx.device)
+        check_signature(ckpt.path, ckpt.state, self.signature)
+        load_weights_into(self.precond.net, ckpt.model, ckpt.path)
+        load_weights_into(self.ema.module, ckpt.ema, ckpt.path)
+        try:
+            self.engine.optimizer.load_state_dict(ckpt.optimizer)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise TrainingError(f"optimizer state in {ckpt.path} does not fit this model ({e}) — resume from another checkpoint") from e
+        if self.engine.scaler is not None and ckpt.state.get("scaler"):
+            self.engine.scaler.load_state_dict(ckpt.state["scaler"])
+        rng = ckpt.state.get("rng", {})
+        if rng.get("torch_cpu"):
+            torch.set_rng_state(torch.tensor(rng["torch_cpu"], dtype=torch.uint8))
+        return ckpt.step
+
+    def _truncate_log(self) -> None:
+        """On resume, drop log records past the checkpoint (they will be produced again)."""
+        log = self.run_dir / "log.jsonl"
+        if log.exists():
+            keep = [r for r in read_log(log) if r.get("step", 0) <= self.step]
+            log.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def run(self) -> TrainSummary:
+        cfg, ctx = self.cfg, self.ctx
+        start, total = self.step, cfg.train.steps
+        t0 = time.perf_counter()
+        interrupted = False
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=not (self.progress and ctx.is_main))
+        window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "step": start}
+        try:
+            while self.step < total:
+                stats, stop = self._one_step()
+                self._after_step(stats, window, bar)
+                if self.on_step is not None:
+                    self.on_step(self.step, stats)
+                if stop:
+                    interrupted = True
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+        if self.step > start or interrupted or self.last_ckpt is None:
+            self._checkpoint()
+        if ctx.is_main:
+            loss_plot(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
+        seconds = time.perf_counter() - t0
+        done = (self.step - start) * cfg.train.batch_size
+        return TrainSummary(self.run_dir, self.step, start, total, self.step * cfg.train.batch_size, self.last_loss,
+                            self.val_loss, self.last_ckpt, interrupted, seconds, done / max(seconds, 1e-9))  # fmt: skip
+
+    def _one_step(self) -> tuple[dict, bool]:
+        """One optimizer step; refuses a non-finite loss or gradient before updating anything."""
+        eng, s = self.engine, self.step
+        local = eng.accumulate(s)
+        loss, stop = eng.global_loss(local, self.stop.requested)
+        lr, norm = eng.clip(s)
+        if not math.isfinite(loss) or (eng.scaler is None and not math.isfinite(norm)):
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+            last = self.last_ckpt or "none saved yet"
+            raise TrainingError(
+                f"{what} became {'NaN' if math.isnan(loss if what == 'loss' else norm) else 'inf'} at step {s + 1} — "
+                f"lower train.lr or use train.precision=fp32; last good checkpoint: {last}"
+            )
+        eng.step_optimizer()
+        B = self.cfg.train.batch_size
+        tc = self.cfg.train
+        self.ema.update(self.precond.net, ema_beta(B, (s + 1) * B, tc.ema_halflife_kimg, tc.ema_warmup))
+        self.step = s + 1
+        self.last_loss = loss
+        return {"loss": loss, "lr": lr, "grad_norm": norm}, stop
+
+    def _after_step(self, stats: dict, window: dict, bar) -> None:
+        tc, s = self.cfg.train, self.step
+        window["loss"] += stats["loss"]
+        window["n"] += 1
+        final = s == tc.steps
+        due = lambda every: every > 0 and (s % every == 0 or final)
+        record = {}
+        if due(tc.log_every):
+            now = time.perf_counter()
+            ips = (s - window["step"]) * tc.batch_size / max(now - window["t"], 1e-9)
+            record = {"step": s, "loss": window["loss"] / window["n"], "lr": stats["lr"],
+                      "grad_norm": stats["grad_norm"], "img_per_s": ips, "examples": s * tc.batch_size}  # fmt: skip
+            window.update(loss=0.0, n=0, t=now, step=s)
+            bar.set_postfix(loss=f"{record['loss']:.4g}", img_s=f"{ips:.0f}", refresh=False)
+        if due(tc.val_every) and self.data.x_val is not None and self.ctx.is_main:
+            self.val_loss = self.engine.validation_loss(self.ema.module, self.data.x_val, self.data.y_val)
+            record.update(step=s, val_loss=self.val_loss)
+        if record and self.ctx.is_main:
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if due(tc.sample_every) and self.ctx.is_main:
+            self._samples()
+        if due(tc.ckpt_every):
+            self._checkpoint()
+            if self.ctx.is_main:
+                loss_plot(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
+        bar.update(1)
+
+    # --- outputs ---------------------------------------------------------------------------------------
+    def _samples(self) -> None:
+        """Write ``samples/step_XXXXXXX.png`` from the EMA network (fixed seed, DDIM)."""
+        from undiffuse.api import Model, sample, save_samples
+
+        p = self.precond
+        ema_pre = Precond(self.ema.module, p.parameterization, p.schedule, p.learned_variance, p.sigma_data)
+        model = Model(ema_pre, p.schedule, self.cfg, self.data.info, self.step)
+        tc = self.cfg.train
+        x = sample(model, tc.sample_n, seed=tc.seed, steps=min(tc.sample_steps, p.schedule.T))
+        ref = self.data.x[:2000] if self.data.info.kind == "vector" else None
+        save_samples(x, self.run_dir / "samples" / f"step_{self.step:07d}.png", self.data.info, reference=ref)
+
+    def _checkpoint(self) -> None:
+        """Save a checkpoint at the current step on rank 0 (all ranks wait; a failure raises on all)."""
+        ctx = self.ctx
+        if self.last_ckpt is not None and self.last_ckpt.name == f"step_{self.step:07d}" and self.last_ckpt.exists():
+            return
+        D.barrier(ctx)
+        err, path = None, None
+        if ctx.is_main:
+            try:
+                path = self._save()
+            except TrainingError as e:
+                err = str(e)
+        err = D.broadcast_object(err, ctx)
+        D.barrier(ctx)
+        if err:
+            raise TrainingError(err)
+        self.last_ckpt = Path(D.broadcast_object(str(path), ctx))
+
+    def _save(self) -> Path:
+        cfg, eng = self.cfg, self.engine
+        cuda = [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
+        state = {
+            "config": to_dict(cfg), "data_info": self.data.info.to_dict(), "signature": self.signature,
+            "examples_seen": self.step * cfg.train.batch_size, "world_size": self.ctx.world_size,
+            "loss": self.last_loss, "val_loss": self.val_loss, "time": time.time(), "torch": torch.__version__,
+            "rng": {"scheme": "keyed (seed, step, position)", "torch_cpu": torch.get_rng_state().tolist(),
+                    "torch_cuda": cuda},
+            "scaler": eng.scaler.state_dict() if eng.scaler is not None else None,
+        }  # fmt: skip
+        meta = {"config": json.dumps(to_dict(cfg)), "data_info": json.dumps(self.data.info.to_dict()),
+                "signature": self.signature, "step": str(self.step)}  # fmt: skip
+        return save_checkpoint(self.run_dir / "checkpoints", self.step, self.precond.net.state_dict(),
+                               self.ema.state_dict(), eng.optimizer.state_dict(), state, cfg.train.keep_last,
+                               meta)  # fmt: skip
