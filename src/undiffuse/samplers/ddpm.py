@@ -47,6 +47,8 @@ def sample_ddpm(
     (Ho et al. 2020, Alg. 2). Works in the VP view on the chain defined by ``sigmas`` so the fixed-large
     (β_t) and learned variances use that chain's β. Returns x_0."""
     cond = cond or {}
+    if sigmas[-1] != 0 or (sigmas[:-1] == 0).any():
+        raise ValueError("DDPM ancestral sampling needs a grid that ends at σ = 0 (and only there)")
     schedule = schedule_from_sigmas(sigmas)
     n = len(sigmas) - 1
     x_t = _vp(x, sigmas[0])
