@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
 
-from ._io import atomic_write
+from ..io import atomic_write
 from .frechet import frechet_distance_from_features
 
 FORMAT = "undiffuse.SmallClassifier/1"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write
+from ..io import atomic_write
 from .frechet import feature_stats, frechet_distance, frechet_distance_from_features
 from .inception import InceptionFeatures
 
