@@ -22,7 +22,7 @@ normalisation, so every bound is per example); for vectors MLPs with SiLU.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -106,17 +106,28 @@ class VAE(nn.Module):
         dev = generator.device if generator is not None else ref.device
         return torch.randn(shape, generator=generator, device=dev, dtype=ref.dtype).to(ref.device)
 
+    def _draws(
+        self, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, k: int,
+        generator: Optional[torch.Generator], chunk: int,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+        """k reparameterised draws z = μ + σ·ε ~ q(z|x), ``chunk`` at a time: (z [c, B, z_dim],
+        log p(x|z) [c, B])."""
+        B = x.shape[0]
+        for start in range(0, k, chunk):
+            c = min(chunk, k - start)
+            z = mu + torch.exp(0.5 * logvar) * self._noise((c, *mu.shape), mu, generator)  # [c, B, z_dim]
+            x_rep = x.unsqueeze(0).expand(c, *x.shape).reshape(c * B, *x.shape[1:])
+            yield z, self.log_px_given_z(x_rep, z.reshape(c * B, -1)).view(c, B)
+
     def elbo(
-        self, x: torch.Tensor, n_samples: int = 1, generator: Optional[torch.Generator] = None
-    ) -> torch.Tensor:
+        self, x: torch.Tensor, n_samples: int = 1, generator: Optional[torch.Generator] = None,
+        chunk: int = 64,
+    ) -> torch.Tensor:  # fmt: skip
         """ELBO per example [B] in nats: the mean of log p(x|z) over ``n_samples`` draws z ~ q(z|x),
         minus KL(q(z|x) ‖ N(0, I)) in closed form (Kingma & Welling 2014, Eq. 10)."""
         mu, logvar = self.encode(x)
         kl = normal_kl(mu, logvar, torch.zeros_like(mu), torch.zeros_like(logvar)).sum(1)  # [B]
-        rec = torch.zeros_like(kl)
-        for _ in range(n_samples):
-            z = mu + torch.exp(0.5 * logvar) * self._noise(mu.shape, mu, generator)
-            rec = rec + self.log_px_given_z(x, z)
+        rec = sum(ll.sum(0) for _, ll in self._draws(x, mu, logvar, n_samples, generator, chunk))
         return rec / n_samples - kl
 
     def iwae(
@@ -125,17 +136,9 @@ class VAE(nn.Module):
         """The importance-weighted bound IWAE_k per example [B] in nats (Burda et al. 2016, Eq. 8):
         log (1/k) Σ_j w_j with w_j = p(x|z_j) p(z_j) / q(z_j|x), z_j ~ q(z|x); ``chunk`` draws at a time."""
         mu, logvar = self.encode(x)
-        B = x.shape[0]
-        log_w = []
-        for start in range(0, k, chunk):
-            c = min(chunk, k - start)
-            eps = self._noise((c, *mu.shape), mu, generator)  # [c, B, z_dim]
-            z = mu + torch.exp(0.5 * logvar) * eps
-            x_rep = x.unsqueeze(0).expand(c, *x.shape).reshape(c * B, *x.shape[1:])
-            ll = self.log_px_given_z(x_rep, z.reshape(c * B, -1)).view(c, B)
-            log_w.append(
-                ll + _log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - _log_normal(z, mu, logvar)
-            )
+        zero = torch.zeros_like(mu)
+        log_w = [ll + _log_normal(z, zero, zero) - _log_normal(z, mu, logvar)  # [c, B]
+                 for z, ll in self._draws(x, mu, logvar, k, generator, chunk)]  # fmt: skip
         return torch.logsumexp(torch.cat(log_w, 0), dim=0) - math.log(k)
 
     def bits_per_dim(
