@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 
 def positive_int(text: str) -> int:
     """argparse type: an integer > 0."""
@@ -36,19 +34,3 @@ def int_list(text: str) -> list[int]:
 
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)")
-
-
-def pick_device(name: str | None) -> torch.device:
-    """The requested device, or cuda > mps > cpu."""
-    from undiffuse.errors import UserError
-
-    if name:
-        dev = torch.device(name)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available on this machine — use --device cpu")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
