@@ -58,13 +58,19 @@ def test_eps_prediction_equals_unet_output(saved):
 
 
 def test_schedules_match_diffusers_alphas_cumprod():
-    for kw in (dict(beta_schedule="linear"), dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
-               dict(beta_schedule="squaredcos_cap_v2"), dict(beta_schedule="linear", num_train_timesteps=200)):
+    for kw in (
+        dict(beta_schedule="linear"),
+        dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+        dict(beta_schedule="squaredcos_cap_v2"),
+        dict(beta_schedule="linear", num_train_timesteps=200),
+    ):
         ref = diffusers.DDPMScheduler(**kw).alphas_cumprod.double()
         schedule, param, learned = schedule_from_scheduler_config(None, **kw)
         assert param == "eps" and not learned
         torch.testing.assert_close(schedule.alpha_bar, ref, rtol=2e-6, atol=1e-9)
-    zsnr, param, _ = schedule_from_scheduler_config({"rescale_betas_zero_snr": True, "prediction_type": "v_prediction"})
+    zsnr, param, _ = schedule_from_scheduler_config(
+        {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction"}
+    )
     assert param == "v" and float(zsnr.alpha_bar[-1]) == 0.0
     with pytest.raises(ConfigError):
         schedule_from_scheduler_config(None, beta_schedule="bogus")
@@ -88,8 +94,9 @@ def test_ddim_sampling_equals_diffusers_ddim_trailing(saved, prediction_type, n)
     undiffuse's trailing grid (steps T, T − T/n, …, T/n), so DDIM(η = 0) agrees to float32 rounding."""
     root, unet = saved
     den, schedule = load_diffusers_unet(root / "unet", prediction_type=prediction_type)
-    sched = diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing",
-                                    prediction_type=prediction_type)
+    sched = diffusers.DDIMScheduler(
+        clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing", prediction_type=prediction_type
+    )
     noise = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(3))
     ref, timesteps = _diffusers_ddim(unet, sched, noise, n)
     sigmas = discrete_sigmas(schedule, n, "trailing")

@@ -100,9 +100,13 @@ def diffusers_betas(
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
     elif beta_schedule == "squaredcos_cap_v2":
         f = lambda tau: math.cos((tau + 0.008) / 1.008 * math.pi / 2) ** 2
-        betas = torch.tensor([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=torch.float32)
+        betas = torch.tensor(
+            [min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=torch.float32
+        )
     else:
-        raise ConfigError(f"unsupported beta_schedule {beta_schedule!r} — use one of {', '.join(BETA_SCHEDULES)}")
+        raise ConfigError(
+            f"unsupported beta_schedule {beta_schedule!r} — use one of {', '.join(BETA_SCHEDULES)}"
+        )
     if rescale_betas_zero_snr:
         betas = _rescale_zero_terminal_snr(betas)
     return betas.to(torch.float64)
@@ -135,10 +139,15 @@ def _scheduler_config_dict(scheduler_config, model_dir: Optional[Path]) -> dict:
         if p.is_dir():
             p = p / "scheduler_config.json"
         if not p.is_file():
-            raise ConfigError(f"scheduler config {p} not found — pass the scheduler_config.json a scheduler saved")
+            raise ConfigError(
+                f"scheduler config {p} not found — pass the scheduler_config.json a scheduler saved"
+            )
         return _read_json(p)
     if model_dir is not None:
-        for cand in (model_dir / "scheduler_config.json", model_dir.parent / "scheduler" / "scheduler_config.json"):
+        for cand in (
+            model_dir / "scheduler_config.json",
+            model_dir.parent / "scheduler" / "scheduler_config.json",
+        ):
             if cand.is_file():
                 return _read_json(cand)
     return {}
@@ -171,7 +180,9 @@ def _schedule_from_dict(cfg: dict, overrides: dict) -> tuple[Schedule, str, bool
             f"unsupported prediction_type {c['prediction_type']!r} — use one of {', '.join(PREDICTION_TYPES)}"
         )
     if c["variance_type"] == "learned":
-        raise ConfigError("variance_type 'learned' (a raw log-variance) is not supported — use 'learned_range'")
+        raise ConfigError(
+            "variance_type 'learned' (a raw log-variance) is not supported — use 'learned_range'"
+        )
     betas = diffusers_betas(
         c["num_train_timesteps"], c["beta_schedule"], c["beta_start"], c["beta_end"],
         c["trained_betas"], bool(c["rescale_betas_zero_snr"]),
@@ -253,21 +264,28 @@ def load_diffusers_unet(
     """
     model_dir = Path(path)
     if not (model_dir / "config.json").is_file():
-        raise CheckpointError(f"no config.json in {model_dir} — pass a directory written by save_pretrained()")
+        raise CheckpointError(
+            f"no config.json in {model_dir} — pass a directory written by save_pretrained()"
+        )
     config = _read_json(model_dir / "config.json")
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise CheckpointError(f"{model_dir} holds a {config['_class_name']}; only UNet2DModel can be adapted")
     if config.get("time_embedding_type", "positional") == "fourier":
-        raise CheckpointError("a UNet2DModel with Fourier (σ) time embedding is a VE model — only VP models can be adapted")
+        raise CheckpointError(
+            "a UNet2DModel with Fourier (σ) time embedding is a VE model — only VP models can be adapted"
+        )
     state = _load_weights(model_dir)  # refuses pickles before anything else is built
-    schedule, param, learned_var = _schedule_from_dict(_scheduler_config_dict(scheduler_config, model_dir),
-                                                       schedule_overrides)
+    schedule, param, learned_var = _schedule_from_dict(
+        _scheduler_config_dict(scheduler_config, model_dir), schedule_overrides
+    )
     diffusers = require_diffusers()
     unet = diffusers.UNet2DModel.from_config(config)
     try:
         unet.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"the weights in {model_dir} do not fit its config.json: {str(err)[:300]}") from err
+        raise CheckpointError(
+            f"the weights in {model_dir} do not fit its config.json: {str(err)[:300]}"
+        ) from err
     if learned_var and unet.config.out_channels != 2 * unet.config.in_channels:
         raise ConfigError("variance_type 'learned_range' needs out_channels = 2·in_channels")
     unet = unet.to(device=device, dtype=dtype).eval()
