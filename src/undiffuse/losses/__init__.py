@@ -9,6 +9,7 @@ from undiffuse.losses.denoising import (
     sample_t,
     x0_weight,
 )
+from undiffuse.losses.edm import edm_loss, edm_sigma
 from undiffuse.losses.vlb import (
     DECODERS,
     VLBResult,
@@ -22,6 +23,8 @@ from undiffuse.losses.vlb import (
 )
 
 __all__ = [
+    "edm_loss",
+    "edm_sigma",
     "DECODERS",
     "WEIGHTINGS",
     "ImportanceSampler",

@@ -54,9 +54,8 @@ def denoiser_output(denoiser: Callable, x: torch.Tensor, sigma, cond: dict) -> D
 
 
 class Counted:
-    """Wrap a denoiser and count its network evaluations (NFE): ``nfe`` counts calls, ``evals``
-    counts calls × batch rows / batch size of the first call (a guided pair counts as the wrapped
-    calls)."""
+    """Wrap a denoiser and count its calls in ``nfe`` (network evaluations per sample: one call
+    evaluates the whole batch once)."""
 
     def __init__(self, denoiser: Callable) -> None:
         self.denoiser = denoiser

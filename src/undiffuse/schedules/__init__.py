@@ -12,9 +12,22 @@ from undiffuse.schedules.discrete import (
     make_schedule,
     sigmoid_alpha_bar,
 )
-from undiffuse.schedules.grids import SPACINGS, append_zero, discrete_sigmas, discrete_steps
+from undiffuse.schedules.grids import (
+    GRIDS,
+    SPACINGS,
+    append_zero,
+    discrete_sigmas,
+    discrete_steps,
+    karras_sigmas,
+    logsnr_sigmas,
+    make_sigmas,
+)
 
 __all__ = [
+    "GRIDS",
+    "karras_sigmas",
+    "logsnr_sigmas",
+    "make_sigmas",
     "SPACINGS",
     "append_zero",
     "discrete_sigmas",
