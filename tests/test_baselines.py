@@ -176,7 +176,10 @@ def test_checkpoint_round_trip_resume_and_per_sample_seeds(tmp_path):
     kw = dict(model={"width": 8, "z_dim": 8}, batch_size=16, image_size=8, log_every=5)
     train_baseline("gan", "digits", tmp_path / "a", steps=10, **kw)
     train_baseline("gan", "digits", tmp_path / "b", steps=5, **kw)
+    with (tmp_path / "b" / "log.jsonl").open("a") as f:
+        f.write('{"step": 7, "seconds": 0.1}\n')  # a line of steps lost in a crash
     train_baseline("gan", "digits", tmp_path / "b", steps=10, resume=True, **kw)
+    assert [json.loads(r)["step"] for r in (tmp_path / "b" / "log.jsonl").read_text().splitlines()] == [5, 10]
     wa, wb = load_baseline(tmp_path / "a")[0].state_dict(), load_baseline(tmp_path / "b")[0].state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # 10 steps = 5 + resumed 5, exactly
     x = sample_baseline(tmp_path / "a", 12, seed=3, batch_size=4)

@@ -324,7 +324,9 @@ def _fit(cfg: BaselineConfig, x_all: torch.Tensor, out: Path, resuming: bool, de
     opts = _optimizers(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch indices and latents (CPU, then moved)
     step, elapsed = _resume(out, model, opts, gen, device) if resuming else (0, 0.0)
-    if not resuming:
+    if resuming:  # drop log lines of steps after the checkpoint: they are about to be redone
+        _truncate_log(out / "log.jsonl", step)
+    else:
         (out / "log.jsonl").unlink(missing_ok=True)
         _write_json(out / "config.json", {"config": cfg.to_json(), "params": _param_counts(model)})
     log, step_fn = _Log(out / "log.jsonl", log_every), _gan_step if cfg.kind == "gan" else _vae_step
@@ -344,6 +346,12 @@ def _fit(cfg: BaselineConfig, x_all: torch.Tensor, out: Path, resuming: bool, de
                "params": _param_counts(model), "last": _last_log(out / "log.jsonl")}  # fmt: skip
     _write_json(out / "summary.json", summary)
     return summary
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    if path.exists():
+        keep = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
+        atomic_write(path, lambda p: Path(p).write_text("".join(r + "\n" for r in keep)))
 
 
 def _last_log(path: Path) -> dict:
