@@ -188,6 +188,7 @@ def test_layout_and_tf_resize():
     assert nchw.shape == (2, 3, 8, 8)
     assert torch.equal(as_nchw_uint8(img[..., None]), nchw)
     assert torch.equal(as_nchw_uint8(nchw.permute(0, 2, 3, 1)), nchw)
+    assert torch.equal(as_nchw_uint8(img.numpy()), nchw)
     x = torch.arange(10.0).reshape(1, 1, 1, 10).expand(1, 1, 4, 10)
     y = tf_bilinear_resize(x, size=20)  # upscale by 2: output i samples input i/2
     assert torch.allclose(y[0, 0, 0], torch.tensor([min(i / 2, 9.0) for i in range(20)]), atol=1e-5)

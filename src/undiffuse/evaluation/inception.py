@@ -25,6 +25,7 @@ import os
 from importlib.util import find_spec
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,12 +68,13 @@ def load_inception(device: str | torch.device = "cpu") -> torch.jit.ScriptModule
     return model.eval()
 
 
-def as_nchw_uint8(images: torch.Tensor) -> torch.Tensor:
+def as_nchw_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Put uint8 images [N, H, W], [N, H, W, C] or [N, C, H, W] (C ∈ {1, 3}) into [N, 3, H, W].
 
     A 4-D tensor is read as NCHW when dim 1 is 1 or 3, else as NHWC when the last dim is 1 or 3.
-    Grey images are repeated over three channels.
+    Grey images are repeated over three channels. Numpy arrays are accepted too.
     """
+    images = torch.as_tensor(images)
     if images.dtype != torch.uint8:
         raise TypeError(f"images must be uint8 in [0, 255], got {images.dtype} (see uint8_from_unit)")
     if images.ndim == 3:
@@ -133,7 +135,7 @@ class InceptionFeatures:
         return (x - 128.0) / 128.0
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Features [N, 2048] float64 of uint8 images [N, H, W(, C)] or [N, C, H, W]."""
         out = []
         for start in range(0, images.shape[0], self.batch_size):
