@@ -14,6 +14,7 @@ noise and every noise draw of the sampler, so neither n nor the batch size chang
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from undiffuse.training.checkpoint import (
 from undiffuse.training.distributed import pick_device
 from undiffuse.training.keyed import derive_seed
 
-__all__ = ["Model", "load", "sample", "save_samples", "nll", "eval_data", "SAMPLERS"]
+__all__ = ["Model", "load", "sample", "save_samples", "nll", "eval_data", "sampler_names", "SAMPLERS"]
 
 SAMPLERS = ("ddim", "ddpm")
 
@@ -116,20 +117,30 @@ class _Clipped:
         return self.denoise(x, sigma, **cond).denoised
 
 
-def _run_sampler(name: str, denoiser, x, sigmas, gens, callback, cond, eta: float, var_type: str):
-    from undiffuse.samplers import sample_ddim, sample_ddpm
+def sampler_names() -> tuple[str, ...]:
+    """The sampler names :func:`sample` accepts (those of ``undiffuse.samplers.registry`` if present)."""
+    try:
+        from undiffuse.samplers.registry import SAMPLERS as REGISTERED
+    except ImportError:
+        return SAMPLERS
+    return tuple(REGISTERED)
 
-    if name == "ddim":
-        return sample_ddim(denoiser, x, sigmas, eta=eta, generator=gens, callback=callback, cond=cond)
-    if name == "ddpm":
-        return sample_ddpm(denoiser, x, sigmas, var_type=var_type, generator=gens, callback=callback, cond=cond)
+
+def _run_sampler(name: str, denoiser, x, sigmas, gens, callback, cond, eta: float, var_type: str):
+    """Dispatch by name: through the sampler registry when it exists, else DDPM/DDIM directly."""
+    kw = dict(generator=gens, callback=callback, cond=cond, eta=eta, var_type=var_type)
     try:
         from undiffuse.samplers import registry
     except ImportError:
-        registry = None
-    if registry is None or not hasattr(registry, "sample"):
-        raise UserError(f"unknown sampler {name!r} — choose one of {', '.join(SAMPLERS)}")
-    return registry.sample(name, denoiser, x, sigmas, generator=gens, callback=callback, cond=cond, eta=eta)
+        from undiffuse.samplers import sample_ddim, sample_ddpm
+
+        fns = {"ddim": sample_ddim, "ddpm": sample_ddpm}
+    else:
+        fns = registry.SAMPLERS
+    if name not in fns:
+        raise UserError(f"unknown sampler {name!r} — choose one of {', '.join(fns)}")
+    accepted = inspect.signature(fns[name]).parameters
+    return fns[name](denoiser, x, sigmas, **{k: v for k, v in kw.items() if k in accepted})
 
 
 def sample_generators(seed: int, start: int, stop: int, device: torch.device) -> list[torch.Generator]:

@@ -349,24 +349,33 @@ def apply_overrides(cfg: RunConfig, overrides: Iterable[str]) -> RunConfig:
     Lists are comma-separated (``model.channel_mult=1,2,2``), mappings are ``k:v,k:v`` or JSON,
     ``none`` clears an optional field, booleans are true/false/1/0/yes/no.
     """
+    changes: dict[str, dict[str, Any]] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value — write e.g. train.lr=2e-4")
         key, text = item.split("=", 1)
-        cfg = set_value(cfg, key.strip(), text.strip(), parse=True)
-    return cfg
+        section, name, typ = _field(key.strip())
+        changes.setdefault(section, {})[name] = _parse(text.strip(), typ, key.strip())
+    # each section is rebuilt (and validated) once, so the order of related overrides does not matter
+    return replace(cfg, **{s: replace(getattr(cfg, s), **kw) for s, kw in changes.items()})
+
+
+def _field(key: str) -> tuple[str, str, Any]:
+    """(section, field name, declared type) of a dotted key; ConfigError naming the valid keys."""
+    parts = key.split(".")
+    if len(parts) != 2 or parts[0] not in _SECTIONS:
+        raise ConfigError(
+            f"unknown config key {key!r} — keys are section.field with section one of {', '.join(_SECTIONS)}"
+        )
+    if parts[1] not in {f.name for f in fields(_section_type(parts[0]))}:
+        valid = [k for k in config_keys() if k.startswith(parts[0] + ".")]
+        raise ConfigError(f"unknown config key {key!r} — valid {parts[0]} keys: {', '.join(valid)}")
+    return parts[0], parts[1], _hints(_section_type(parts[0]))[parts[1]]
 
 
 def set_value(cfg: RunConfig, key: str, value: Any, parse: bool = False) -> RunConfig:
     """A copy of ``cfg`` with the dotted ``key`` set (``value`` parsed from text if ``parse``)."""
-    parts = key.split(".")
-    if len(parts) != 2 or parts[0] not in _SECTIONS:
-        raise ConfigError(f"unknown config key {key!r} — keys are section.field with section one of {', '.join(_SECTIONS)}")
-    if parts[1] not in {f.name for f in fields(_section_type(parts[0]))}:
-        valid = [k for k in config_keys() if k.startswith(parts[0] + ".")]
-        raise ConfigError(f"unknown config key {key!r} — valid {parts[0]} keys: {', '.join(valid)}")
-    section, name = parts
-    typ = _hints(_section_type(section))[name]
+    section, name, typ = _field(key)
     new = _parse(value, typ, key) if parse else _coerce(value, typ, key)
     return replace(cfg, **{section: replace(getattr(cfg, section), **{name: new})})
 

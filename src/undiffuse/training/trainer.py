@@ -187,7 +187,7 @@ class _Run:
                 self._after_step(stats, window, bar)
                 if self.on_step is not None:
                     self.on_step(self.step, stats)
-                if stop:
+                if stop or (self.stop.requested and not ctx.distributed):  # ranks agree via the next all-reduce
                     interrupted = True
                     break
         except KeyboardInterrupt:
