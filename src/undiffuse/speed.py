@@ -1,0 +1,375 @@
+"""Optional speed paths, each a function or flag that leaves the math unchanged (checked against the
+plain path in ``tests/test_speed.py``), and the defaults the trainer and benchmarks use.
+
+| path | function | effect |
+|---|---|---|
+| mixed precision | :func:`autocast`, :func:`autocast_dtype` | bf16 on CUDA where supported (fp16 where not); on CPU only on request |
+| memory format | :func:`channels_last` | NHWC weights and inputs: oneDNN convolutions without layout reorders |
+| compilation | :func:`maybe_compile` | ``torch.compile`` when a mode is given and it is available |
+| optimizer | :func:`make_adamw` | fused AdamW (one kernel per step on CUDA and CPU), else foreach |
+| attention | :func:`sdpa_calls` | counts ``F.scaled_dot_product_attention`` calls (flash/memory-efficient kernels) |
+| CUDA graphs | :class:`CudaGraphDenoiser` | replays the captured network for a static batch shape (CUDA only) |
+| large N | :func:`sample_to_disk` | samples batch by batch straight to PNGs or a memory-mapped .npy |
+
+:func:`default_train_options` records what undiffuse uses out of the box on each device (measured
+in ``benchmarks/results``): on CPU channels_last + fused AdamW in fp32; on CUDA also bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "CudaGraphDenoiser",
+    "TrainOptions",
+    "autocast",
+    "autocast_dtype",
+    "bf16_supported",
+    "channels_last",
+    "default_sample_options",
+    "default_train_options",
+    "make_adamw",
+    "maybe_compile",
+    "maybe_cuda_graph",
+    "sample_to_disk",
+    "sdpa_calls",
+]
+
+DeviceLike = Union[str, torch.device]
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def _device(device: DeviceLike) -> torch.device:
+    return torch.device(device) if not isinstance(device, torch.device) else device
+
+
+# --- mixed precision ----------------------------------------------------------------------------
+def bf16_supported(device: DeviceLike) -> bool:
+    """Whether ``device`` has native bf16 math: CUDA compute capability ≥ 8 (Ampere+), or a CPU with
+    AVX512-BF16 or AMX (oneDNN then runs bf16 convolutions and matmuls natively)."""
+    dev = _device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if dev.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def autocast_dtype(
+    device: DeviceLike, dtype: Union[str, torch.dtype, None] = "auto"
+) -> Optional[torch.dtype]:
+    """The autocast dtype to use, or None for fp32.
+
+    ``"auto"``: bf16 on CUDA where supported, else fp16; None on CPU (fp32 unless asked for).
+    ``"bf16"`` / ``"fp16"`` / a dtype: that dtype (fp16 on CPU is refused: it is slow and needs loss
+    scaling); ``None`` / ``"fp32"``: None.
+    """
+    dev = _device(device)
+    if dtype is None or dtype in ("fp32", "float32", torch.float32):
+        return None
+    if dtype == "auto":
+        if dev.type != "cuda":
+            return None
+        return torch.bfloat16 if bf16_supported(dev) else torch.float16
+    dt = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if dt not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast dtype must be bf16, fp16, fp32 or auto, got {dtype!r}")
+    if dt == torch.float16 and dev.type == "cpu":
+        raise ValueError("fp16 autocast on CPU is not supported here — use bf16 or fp32")
+    return dt
+
+
+def autocast(
+    device: DeviceLike, dtype: Union[str, torch.dtype, None] = "auto"
+) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` with :func:`autocast_dtype`'s choice, or a no-op context for fp32."""
+    dev = _device(device)
+    dt = autocast_dtype(dev, dtype)
+    if dt is None:
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=dt)
+
+
+# --- memory format, compilation, optimizer, attention ---------------------------------------------
+def channels_last(obj):
+    """A module or a 4-D tensor in channels_last (NHWC) memory format; anything else unchanged.
+    Modules are converted in place (as ``Module.to`` does) and returned."""
+    if isinstance(obj, nn.Module):
+        return obj.to(memory_format=torch.channels_last)
+    if torch.is_tensor(obj) and obj.ndim == 4:
+        return obj.contiguous(memory_format=torch.channels_last)
+    return obj
+
+
+def maybe_compile(module: Callable, mode: Optional[str] = None, **kw) -> Callable:
+    """``torch.compile(module, mode=...)`` when ``mode`` is given ("default", "reduce-overhead",
+    "max-autotune", …) and torch.compile is available; otherwise ``module`` unchanged."""
+    if mode is None or mode is False or not hasattr(torch, "compile"):
+        return module
+    return torch.compile(module, mode=None if mode in ("default", True) else mode, **kw)
+
+
+def make_adamw(params, fused: Union[bool, str] = "auto", **kw) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel for all parameters) when ``fused`` is True or "auto" and the
+    parameters' device supports it, else the multi-tensor ``foreach`` implementation."""
+    params = list(params)
+    if fused:
+        try:
+            return torch.optim.AdamW(params, fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):
+            if fused is True:
+                raise
+    return torch.optim.AdamW(params, foreach=True, **kw)
+
+
+@contextlib.contextmanager
+def sdpa_calls() -> Iterator[list]:
+    """Count calls of ``F.scaled_dot_product_attention`` made inside the block (the yielded list gets
+    one entry per call: the query shape). Used to check that a network's attention goes through SDPA
+    (and so through flash / memory-efficient kernels) rather than a hand-written softmax."""
+    calls: list = []
+    orig = F.scaled_dot_product_attention
+
+    def counting(q, *args, **kwargs):
+        calls.append(tuple(q.shape))
+        return orig(q, *args, **kwargs)
+
+    F.scaled_dot_product_attention = counting
+    try:
+        yield calls
+    finally:
+        F.scaled_dot_product_attention = orig
+
+
+# --- defaults -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainOptions:
+    """Speed options of a training step. ``precision``: "fp32" | "bf16" | "fp16" (autocast)."""
+
+    channels_last: bool = False
+    precision: str = "fp32"
+    fused_adamw: bool = True
+    compile_mode: Optional[str] = None
+
+    @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        return None if self.precision == "fp32" else DTYPES[self.precision]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_train_options(device: DeviceLike) -> TrainOptions:
+    """undiffuse's out-of-the-box training options on ``device`` (eager, never compiled by default).
+
+    - CPU: channels_last + fused AdamW, fp32. NHWC lets oneDNN run convolutions (and their
+      backward) without reordering every activation, and GroupNorm has a native NHWC kernel; the
+      fused AdamW step is one pass over the parameters instead of ~10 per-tensor ops.
+      bf16 autocast stays opt-in on CPU (``precision="bf16"``) since it changes the numerics.
+    - CUDA: bf16 autocast where supported (fp16 otherwise), channels_last, fused AdamW.
+    """
+    dev = _device(device)
+    if dev.type == "cuda":
+        dt = autocast_dtype(dev, "auto")
+        return TrainOptions(channels_last=True, precision="bf16" if dt == torch.bfloat16 else "fp16")
+    return TrainOptions(channels_last=dev.type == "cpu", precision="fp32", fused_adamw=True)
+
+
+def default_sample_options(device: DeviceLike) -> TrainOptions:
+    """Options for sampling (no optimizer): as for training; CUDA graphs are opted into separately."""
+    return default_train_options(device)
+
+
+# --- CUDA graphs ----------------------------------------------------------------------------------
+class _GraphedNet(nn.Module):
+    """A network whose calls are replayed from CUDA graphs, one per (input shape, dtype, autocast
+    state). Keyword conditioning and calls with autograd enabled fall back to eager."""
+
+    def __init__(self, net: nn.Module, warmup: int = 3) -> None:
+        super().__init__()
+        self.net = net
+        self.warmup = warmup
+        self._graphs: dict = {}
+        self._pool = None
+
+    def _capture(self, x: torch.Tensor, c_noise: torch.Tensor):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        sx, sc = x.clone(), c_noise.clone()
+        stream = torch.cuda.Stream(device=x.device)
+        stream.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(stream):
+            for _ in range(self.warmup):  # lets cuDNN/cuBLAS pick and allocate outside the graph
+                self.net(sx, sc)
+        torch.cuda.current_stream(x.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = self.net(sx, sc)
+        return graph, sx, sc, out
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, **cond) -> torch.Tensor:
+        if cond or torch.is_grad_enabled() or x.device.type != "cuda":
+            return self.net(x, c_noise, **cond)
+        c_noise = c_noise.expand(x.shape[0]) if c_noise.ndim == 0 else c_noise
+        amp = torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda")
+        key = (tuple(x.shape), x.dtype, tuple(x.stride()), c_noise.dtype, amp)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(x, c_noise)
+        graph, sx, sc, out = self._graphs[key]
+        sx.copy_(x)
+        sc.copy_(c_noise)
+        graph.replay()
+        return out.clone()  # the next replay overwrites ``out``
+
+
+class CudaGraphDenoiser(nn.Module):
+    """A Precond-style denoiser (anything with a ``.net`` network and ``c_noise``) whose network is
+    replayed from CUDA graphs: every sampler step with the same batch shape costs one graph launch
+    instead of hundreds of kernel launches. The σ-dependent preconditioning stays eager, so any
+    grid and any sampler work. Needs a CUDA device; raises ``RuntimeError`` on CPU (use
+    :func:`maybe_cuda_graph` to fall back silently)."""
+
+    def __init__(self, denoiser: nn.Module, warmup: int = 3) -> None:
+        super().__init__()
+        net = getattr(denoiser, "net", None)
+        if not isinstance(net, nn.Module):
+            raise TypeError("CudaGraphDenoiser wraps a Precond-like denoiser with a .net network module")
+        dev = next(net.parameters()).device
+        if dev.type != "cuda" or not torch.cuda.is_available():
+            raise RuntimeError(f"CUDA graphs need a CUDA device; this network is on {dev.type}")
+        inner = copy.copy(denoiser)  # shares parameters and schedule; only .net is swapped
+        inner._modules = dict(denoiser._modules)
+        inner._modules["net"] = _GraphedNet(net, warmup)
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, **cond):
+        return self.inner.denoise(x, sigma, **cond)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
+        return self.inner(x, sigma, **cond)
+
+
+def maybe_cuda_graph(denoiser, enabled: bool = True):
+    """:class:`CudaGraphDenoiser` on a CUDA network when ``enabled``; the denoiser unchanged otherwise."""
+    net = getattr(denoiser, "net", None)
+    if not enabled or not isinstance(net, nn.Module) or not torch.cuda.is_available():
+        return denoiser
+    if next(net.parameters()).device.type != "cuda":
+        return denoiser
+    return CudaGraphDenoiser(denoiser)
+
+
+# --- streaming to disk ------------------------------------------------------------------------------
+def _uint8_images(x: torch.Tensor) -> np.ndarray:
+    """[B, C, H, W] in [−1, 1] → uint8 [B, H, W, C] (the data package's rounding)."""
+    from undiffuse.data.images import to_uint8
+
+    return to_uint8(x.cpu()).numpy()
+
+
+def sample_to_disk(
+    denoiser: Callable,
+    n: int,
+    shape: tuple[int, ...],
+    out: Union[str, os.PathLike],
+    *,
+    sigmas: torch.Tensor,
+    sampler: Union[str, Callable] = "ddim",
+    batch_size: int = 256,
+    seed: int = 0,
+    device: DeviceLike = "cpu",
+    images: Optional[bool] = None,
+    cond: Optional[dict] = None,
+    on_batch: Optional[Callable[[int, int], None]] = None,
+    **sampler_kw,
+) -> Path:
+    """Draw ``n`` samples of ``shape`` batch by batch and stream each batch to disk, holding at most
+    one batch in memory.
+
+    ``out`` ending in ``.npy``: one array [n, …] written through ``numpy.lib.format.open_memmap``
+    (uint8 [n, H, W, C] for images, float32 [n, *shape] otherwise); any other path: a directory
+    with one PNG per sample (images only). Sample i's starting noise comes from its own generator
+    seeded from (seed, i) — the same as :func:`undiffuse.api.sample` — so the result does not
+    depend on ``batch_size``. ``images`` defaults to ``len(shape) == 3``; ``on_batch(start, stop)``
+    is called after each batch is written. Returns ``out``.
+    """
+    from undiffuse.training.keyed import derive_seed
+
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"n and batch_size must be positive, got {n} and {batch_size}")
+    dev = _device(device)
+    images = len(shape) == 3 if images is None else images
+    path = Path(out)
+    to_npy = path.suffix.lower() == ".npy"
+    if not to_npy and not images:
+        raise ValueError("one PNG per sample needs image samples [C, H, W]; write a .npy instead")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if to_npy:
+        arr_shape = (n, shape[1], shape[2], shape[0]) if images else (n, *shape)
+        arr = np.lib.format.open_memmap(
+            path, mode="w+", dtype=np.uint8 if images else np.float32, shape=arr_shape
+        )
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+    run = _sampler_fn(sampler)
+    sigmas = sigmas.to(dev)
+    width = max(6, len(str(n - 1)))
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        gens = [
+            torch.Generator(device=dev).manual_seed(derive_seed(seed, "sample", i))
+            for i in range(start, stop)
+        ]
+        noise = torch.stack([torch.randn(shape, generator=g, device=dev) for g in gens])
+        x = noise if torch.isinf(sigmas[0]) else noise * sigmas[0].float()
+        c = {k: v[start:stop] for k, v in (cond or {}).items()}
+        with torch.no_grad():
+            x = run(denoiser, x, sigmas, generator=gens, cond=c, **sampler_kw)
+        if to_npy:
+            arr[start:stop] = _uint8_images(x) if images else x.float().cpu().numpy()
+            arr.flush()
+        else:
+            _write_pngs(_uint8_images(x), path, start, width)
+        del x, noise
+        if on_batch is not None:
+            on_batch(start, stop)
+    if to_npy:
+        del arr  # closes the memory map
+    return path
+
+
+def _sampler_fn(sampler: Union[str, Callable]) -> Callable:
+    if callable(sampler):
+        return sampler
+    from undiffuse.samplers.registry import SAMPLERS
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[sampler]
+
+
+def _write_pngs(u8: np.ndarray, directory: Path, start: int, width: int) -> None:
+    from PIL import Image
+
+    for k, img in enumerate(u8):
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(
+            directory / f"{start + k:0{width}d}.png"
+        )
