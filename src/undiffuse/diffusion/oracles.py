@@ -57,9 +57,12 @@ class GaussianOracle:
         sch = self.schedule
         if sch is None:
             raise ValueError("optimal_variance needs the schedule")
-        # row of the schedule for each σ (exact table lookup)
+        # row of the schedule for each σ: the nearest table entry (a grid rebuilt from the same ᾱ,
+        # e.g. by schedule_from_sigmas, can differ from the table in the last ulp)
         table = sch.sigmas.to(sigma.device)
-        i = torch.searchsorted(table, sigma.double().contiguous()).clamp(max=sch.T - 1)
+        s = sigma.double().contiguous()
+        i = torch.searchsorted(table, s).clamp(1, max(sch.T - 1, 1))
+        i = torch.where((s - table[i - 1]).abs() <= (table[i] - s).abs(), i - 1, i) if sch.T > 1 else i * 0
         c1 = sch.posterior_mean_coef1.to(sigma.device)[i]
         var = sch.posterior_variance.to(sigma.device)[i] + c1**2 * self.posterior_var(sigma)
         log_small = sch.posterior_log_variance_clipped.to(sigma.device)[i]

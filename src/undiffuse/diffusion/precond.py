@@ -74,7 +74,8 @@ def precond_coefficients(
 
 
 def _bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return c.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    c = c.to(x.dtype) if c.is_floating_point() else c  # keep boolean masks boolean (torch.where)
+    return c.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 class Precond(nn.Module):

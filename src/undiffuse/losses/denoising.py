@@ -33,7 +33,8 @@ _NATIVE = {"eps": "eps", "x0": "x0", "v": "v", "edm": "edm"}
 
 
 def _bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return c.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    c = c.to(x.dtype) if c.is_floating_point() else c  # keep boolean masks boolean (torch.where)
+    return c.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
