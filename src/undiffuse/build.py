@@ -19,6 +19,8 @@ from undiffuse.diffusion.precond import Precond
 from undiffuse.errors import ConfigError
 from undiffuse.schedules.discrete import Schedule, ScheduleError, make_schedule
 
+TEXT_DIM = 384  # all-MiniLM-L6-v2 token embeddings (undiffuse.text.TextEncoder.dim)
+
 __all__ = [
     "DataInfo",
     "build_schedule",
@@ -91,7 +93,8 @@ def resolve_arch(cfg: ModelConfig, info: DataInfo) -> str:
 def build_network(cfg: ModelConfig, info: DataInfo, learned_variance: bool = False) -> nn.Module:
     """The raw network ``F(x_in, c_noise, **cond)``: a UNet for images, an MLP for vectors.
 
-    Output channels double with ``learned_variance``; ``model.class_cond`` enables class labels.
+    Output channels double with ``learned_variance``; ``model.class_cond`` enables class labels,
+    ``model.text_cond`` cross-attention to 384-d token embeddings, ``model.sr_from`` the ``x_cond`` input.
     """
     from undiffuse.nn import MLP, UNet
 
@@ -99,14 +102,21 @@ def build_network(cfg: ModelConfig, info: DataInfo, learned_variance: bool = Fal
     num_classes = info.num_classes if cfg.class_cond else None
     if cfg.class_cond and not num_classes:
         raise ConfigError(f"model.class_cond needs labelled data, and {info.name} has none — set model.class_cond=false")
+    if cfg.text_cond and not info.num_classes:
+        raise ConfigError(f"model.text_cond captions labelled data, and {info.name} has none — set model.text_cond=false")
+    if (cfg.text_cond or cfg.sr_from) and arch != "unet":
+        raise ConfigError("model.text_cond / model.sr_from need the UNet (image data) — unset them for vector data")
     mult = 2 if learned_variance else 1
     if arch == "unet":
         c, h, _ = info.shape
+        if cfg.sr_from is not None and not cfg.sr_from < h:
+            raise ConfigError(f"model.sr_from = {cfg.sr_from} must be below the image size {h} — e.g. {h // 2}")
         return UNet(
             in_channels=c, out_channels=c * mult, base_channels=cfg.base_channels, channel_mult=cfg.channel_mult,
             num_res_blocks=cfg.num_res_blocks, attn_resolutions=cfg.attn_resolutions, dropout=cfg.dropout,
             num_groups=cfg.num_groups, image_size=h, num_classes=num_classes, num_heads=cfg.num_heads,
-            scale_shift=cfg.scale_shift,
+            scale_shift=cfg.scale_shift, cond_dim=TEXT_DIM if cfg.text_cond else None,
+            extra_in_channels=c if cfg.sr_from else 0,
         )  # fmt: skip
     (d,) = info.shape
     return MLP(d, hidden=cfg.hidden, depth=cfg.depth, emb_dim=cfg.emb_dim, num_classes=num_classes,
@@ -136,6 +146,9 @@ def architecture_signature(cfg: RunConfig, info: DataInfo) -> str:
         "num_classes": info.num_classes if cfg.model.class_cond else None,
         "learned_variance": cfg.diffusion.learned_variance,
     }
+    for k in ("text_cond", "sr_from"):  # fields added later: at their defaults, old signatures still hold
+        if not relevant["model"].get(k):
+            relevant["model"].pop(k, None)
     if arch == "mlp":  # UNet-only fields do not change an MLP
         relevant["model"] = {k: relevant["model"][k] for k in ("hidden", "depth", "emb_dim", "class_cond")}
     blob = json.dumps(relevant, sort_keys=True, default=list).encode()

@@ -95,6 +95,10 @@ class ModelConfig:
     UNet fields: base_channels, channel_mult, num_res_blocks, attn_resolutions, dropout, num_groups,
     num_heads, scale_shift. MLP fields: hidden, depth, emb_dim (and dropout).
     class_cond: condition on class labels (with classifier-free label dropout ``train.cond_drop``).
+    text_cond: condition on captions of the labelled data through the frozen sentence encoder
+        (cross-attention, ``cond_dim`` 384; caption dropout ``train.cond_drop``); needs ``undiffuse[text]``.
+    sr_from: super-resolution (SR3): the upsampled sr_from × sr_from version of the image joins the
+        input channels (e.g. 14 for 28×28 Fashion-MNIST); None for none.
     """
 
     arch: str = "auto"
@@ -110,9 +114,14 @@ class ModelConfig:
     depth: int = 4
     emb_dim: int = 128
     class_cond: bool = False
+    text_cond: bool = False
+    sr_from: Optional[int] = None
 
     def __post_init__(self) -> None:
         _choice(self, "arch", ("auto", "unet", "mlp"))
+        _positive(self, "sr_from")
+        if self.class_cond and self.text_cond:
+            raise ConfigError("model.class_cond and model.text_cond are exclusive — captions already carry the class; set one")
         _positive(self, "base_channels", "num_res_blocks", "num_groups", "num_heads", "hidden", "depth", "emb_dim")
         if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
             raise ConfigError(f"model.channel_mult = {self.channel_mult} needs ≥ 1 positive multipliers — e.g. 1,2,2")
@@ -188,7 +197,8 @@ class TrainConfig:
         ``ema_warmup`` × examples seen so far (0 disables).
     precision: fp32 | bf16 | fp16 | auto (bf16 autocast on CUDA where supported, fp16 + GradScaler
         where not, fp32 on CPU/MPS).
-    cond_drop: probability of dropping the class label (classifier-free guidance), if class_cond.
+    cond_drop: probability of dropping the class label or caption (classifier-free guidance), if
+        class_cond or text_cond.
     *_every: intervals in optimizer steps (0 disables); keep_last: checkpoints kept.
     """
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -86,7 +86,8 @@ def example_losses(
 @dataclass
 class StepEngine:
     """Everything one training step touches. ``train_precond`` wraps the (possibly DDP-wrapped)
-    network; ``precond`` the bare one (saved, EMA'd)."""
+    network; ``precond`` the bare one (saved, EMA'd); ``text`` the embedded training captions
+    (:class:`undiffuse.conditioning.CaptionTable`) of a text-conditional model."""
 
     cfg: RunConfig
     ctx: DistContext
@@ -100,6 +101,7 @@ class StepEngine:
     autocast_dtype: Optional[torch.dtype] = None
     scaler: Optional[torch.amp.GradScaler] = None
     _perm_cache: dict = field(default_factory=dict)
+    text: Any = None
 
     @property
     def decoder(self) -> str:
@@ -110,17 +112,28 @@ class StepEngine:
             return contextlib.nullcontext()
         return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
 
-    def _cond(self, labels: Optional[torch.Tensor], u: torch.Tensor) -> dict:
-        if labels is None or not self.cfg.model.class_cond:
-            return {}
-        null = torch.full_like(labels, self.info.num_classes)
-        return {"class_labels": torch.where(u < self.cfg.train.cond_drop, null, labels)}
+    def _cond(self, labels: Optional[torch.Tensor], u: Optional[torch.Tensor], x0: Optional[torch.Tensor] = None,
+              captions: Optional[torch.Tensor] = None) -> dict:  # fmt: skip
+        """The network's condition kwargs; rows with u < ``train.cond_drop`` get the null label / caption
+        (u None: nothing is dropped). Super-resolution adds ``x_cond`` from ``x0`` (never dropped)."""
+        m, cond = self.cfg.model, {}
+        drop = None if u is None else u < self.cfg.train.cond_drop
+        if labels is not None and m.class_cond:
+            null = torch.full_like(labels, self.info.num_classes)
+            cond["class_labels"] = labels if drop is None else torch.where(drop, null, labels)
+        if captions is not None and self.text is not None:
+            cond.update(self.text.condition(captions, drop))
+        if m.sr_from and x0 is not None:
+            from undiffuse.conditioning import sr_condition
 
-    def batch_loss(self, x0, draws: StepDraws, labels) -> torch.Tensor:
+            cond["x_cond"] = sr_condition(x0, m.sr_from)
+        return cond
+
+    def batch_loss(self, x0, draws: StepDraws, labels, captions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Per-example losses [m] of one micro-batch under autocast."""
         with self.autocast():
             return example_losses(self.train_precond, self.schedule, self.cfg.diffusion, x0, draws.t,
-                                  draws.noise, self.decoder, self._cond(labels, draws.u_label))  # fmt: skip
+                                  draws.noise, self.decoder, self._cond(labels, draws.u_label, x0, captions))  # fmt: skip
 
     def accumulate(self, step: int) -> torch.Tensor:
         """Forward and backward of step ``step`` on this rank; returns the sum of this rank's
@@ -129,6 +142,8 @@ class StepEngine:
         B = tc.batch_size
         idx = example_indices(tc.seed, step, B, len(self.x), self._perm_cache)
         draws = draw_step(tc.seed, step, B, self.info.shape, self.schedule.T, ctx.device)
+        # captions of the whole global batch, keyed to (seed, step, position) like the draws
+        captions = self.text.draw(tc.seed, step, self.y[idx.to(self.y.device)]) if self.text is not None else None
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), dtype=torch.float64, device=ctx.device)
         net = self.train_precond.net
@@ -140,7 +155,8 @@ class StepEngine:
             last = micro == tc.grad_accum - 1
             sync = net.no_sync() if (ctx.distributed and not last) else contextlib.nullcontext()
             with sync:
-                losses = self.batch_loss(self.x[sel], draws.select(pos.to(ctx.device)), labels)
+                caps = captions[pos] if captions is not None else None
+                losses = self.batch_loss(self.x[sel], draws.select(pos.to(ctx.device)), labels, caps)
                 objective = losses.sum() * (ctx.world_size / B)
                 (self.scaler.scale(objective) if self.scaler else objective).backward()
             total += losses.detach().double().sum()
@@ -179,7 +195,8 @@ class StepEngine:
             draws = draw_step(tc.seed, i, len(sel), self.info.shape, self.schedule.T, self.ctx.device, "val")
             x0 = x_val[sel.to(x_val.device)]
             labels = y_val[sel.to(y_val.device)] if y_val is not None else None
-            cond = {} if labels is None or not self.cfg.model.class_cond else {"class_labels": labels}
+            caps = self.text.draw(tc.seed, i, labels, "val_caption") if self.text is not None and labels is not None else None
+            cond = self._cond(labels, None, x0, caps)
             with self.autocast():
                 losses = example_losses(pre, self.schedule, self.cfg.diffusion, x0, draws.t, draws.noise,
                                         self.decoder, cond)  # fmt: skip

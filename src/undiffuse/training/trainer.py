@@ -147,6 +147,14 @@ class _Run:
         opt = make_optimizer(precond.net.parameters(), cfg.train, ctx.device)
         self.engine = StepEngine(cfg, ctx, precond, train_precond, precond.schedule, self.data.info, self.data.x,
                                  self.data.y, opt, dtype, scaler)  # fmt: skip
+        if cfg.model.text_cond:  # every training caption embedded once; the cache lives in the run dir
+            from undiffuse.conditioning import CaptionTable, run_text_encoder
+
+            if ctx.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            encoder = run_text_encoder(self.run_dir if ctx.is_main else None)
+            self.engine.text = CaptionTable(self.data.info, encoder, ctx.device, save=ctx.is_main)
+            del encoder
 
     def _restore(self) -> int:
         ckpt = load_checkpoint(self.ckpt_path, map_location=self.ctx.device)
@@ -261,7 +269,16 @@ class _Run:
         ema_pre = Precond(self.ema.module, p.parameterization, p.schedule, p.learned_variance, p.sigma_data)
         model = Model(ema_pre, p.schedule, self.cfg, self.data.info, self.step)
         tc = self.cfg.train
-        x = sample(model, tc.sample_n, seed=tc.seed, steps=min(tc.sample_steps, p.schedule.T))
+        cond: dict = {}
+        n, m = tc.sample_n, self.cfg.model
+        if m.class_cond and self.data.info.num_classes:  # a grid that cycles through the classes
+            cond["class_labels"] = torch.arange(n, device=self.ctx.device) % self.data.info.num_classes
+        if m.sr_from:  # super-resolve the first training images
+            from undiffuse.conditioning import sr_condition
+
+            x_ref = self.data.x[torch.arange(n) % len(self.data.x)]
+            cond["x_cond"] = sr_condition(x_ref.to(self.ctx.device), m.sr_from)
+        x = sample(model, n, seed=tc.seed, steps=min(tc.sample_steps, p.schedule.T), cond=cond or None)
         ref = self.data.x[:2000] if self.data.info.kind == "vector" else None
         save_samples(x, self.run_dir / "samples" / f"step_{self.step:07d}.png", self.data.info, reference=ref)
 
