@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.eta <= 1:
         raise UserError(f"--eta {args.eta} must lie in [0, 1]")
+    from undiffuse.evaluation.report import is_baseline_run
+
+    if is_baseline_run(args.run_dir):
+        return run_baseline(args)
     if args.sampler not in api.sampler_names():
         raise UserError(f"unknown sampler {args.sampler!r} — choose one of {', '.join(api.sampler_names())}")
     model = api.load(args.run_dir, args.checkpoint, ema=not args.raw, device=args.device)
@@ -73,3 +77,22 @@ def _write_gif(frames: list, path: str) -> None:
         return
     with atomic_path(path) as tmp:
         imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=60, loop=0)
+
+
+def run_baseline(args: argparse.Namespace) -> int:
+    """A GAN/VAE baseline run: :func:`undiffuse.baselines.sample_baseline`, written by ``api.save_samples``."""
+    import undiffuse.api as api
+    from undiffuse.baselines import load_baseline, sample_baseline
+    from undiffuse.build import DataInfo
+    from undiffuse.data import load_dataset
+    from undiffuse.errors import UserError
+
+    if args.gif or args.class_label is not None or args.prompt is not None or args.checkpoint is not None or args.raw:
+        raise UserError("--gif/--class/--prompt/--checkpoint/--raw apply to diffusion runs, not to a GAN/VAE baseline")
+    _, cfg = load_baseline(args.run_dir)
+    ds = load_dataset(cfg.data, "train", cfg.image_size)
+    x = sample_baseline(args.run_dir, args.n, args.seed, batch_size=args.batch_size, device=args.device or "cpu")
+    reference = ds.x[:2000] if ds.kind == "vector" else None
+    api.save_samples(x, args.out, DataInfo.from_dataset(ds), reference=reference)
+    print(f"wrote {args.n} samples to {args.out}: {cfg.kind} baseline, 1 network evaluation per sample")
+    return 0

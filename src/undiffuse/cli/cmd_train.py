@@ -26,6 +26,11 @@ def add_parser(sub) -> None:
     p.add_argument("--cond", choices=("none", "class", "text"), default=None,
                    help="conditioning: class labels or text captions (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--baseline", choices=("gan", "vae"), default=None,
+                   help="train a GAN or VAE baseline instead of a diffusion model (same data pipeline)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="wall-clock budget of a --baseline run in seconds (with or instead of --steps)")
+    p.add_argument("--seed", type=int, default=None, help="seed (--baseline; diffusion: use --set train.seed=S)")
     add_device(p)
     p.set_defaults(func=run)
 
@@ -55,8 +60,15 @@ def resolve(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.baseline is not None:
+        return run_baseline(args)
+    from undiffuse.errors import UserError
     from undiffuse.training import train
 
+    if args.seconds is not None:
+        raise UserError("--seconds applies to --baseline runs — use --steps for diffusion")
+    if args.seed is not None:
+        args.overrides = [*args.overrides, f"train.seed={args.seed}"]
     cfg = resolve(args)
     s = train(cfg, args.out, steps=args.steps, resume=args.resume, device=args.device, progress=not args.no_progress)
     if s.interrupted:
@@ -65,4 +77,35 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {s.start_step} → {s.step} steps in {s.seconds:.0f} s ({s.img_per_s:.1f} img/s); "
           f"loss {s.loss if s.loss is None else round(s.loss, 5)}, val loss {s.val_loss if s.val_loss is None else round(s.val_loss, 5)}; "
           f"checkpoint {s.checkpoint}")
+    return 0
+
+
+def run_baseline(args: argparse.Namespace) -> int:
+    """``--baseline gan|vae``: :func:`undiffuse.baselines.train_baseline` on the same data."""
+    from undiffuse.baselines import train_baseline
+    from undiffuse.errors import UserError
+
+    if args.preset is not None or args.overrides or args.cond not in (None, "none"):
+        raise UserError("--preset/--set/--cond configure diffusion runs — drop them with --baseline")
+    if args.seconds is not None and args.seconds <= 0:
+        raise UserError(f"--seconds {args.seconds} must be > 0")
+    if args.steps is None and args.seconds is None:
+        raise UserError("--baseline needs a budget — pass --steps N and/or --seconds S")
+    out = Path(args.out)
+    has_run = (out / "train_state.safetensors").exists()
+    if args.resume and not has_run:
+        raise UserError(f"--resume: {out} holds no baseline checkpoint — train without --resume first")
+    if not args.resume and out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty — choose a new --out or pass --resume")
+    data = args.data or "fashion-mnist"
+    try:
+        s = train_baseline(args.baseline, data, out, seconds=args.seconds, steps=args.steps,
+                           seed=0 if args.seed is None else args.seed, device=args.device or "cpu",
+                           resume=args.resume)  # fmt: skip
+    except ValueError as e:
+        raise UserError(f"{e} — check --baseline/--data") from e
+    last = s.get("last") or {}
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("step", "seconds"))
+    print(f"trained {args.baseline} baseline: {s['steps']} steps in {s['seconds']:.0f} s; {losses}; params {s['params']}; "
+          f"run {out}")
     return 0
