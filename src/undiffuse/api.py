@@ -40,7 +40,8 @@ from undiffuse.training.checkpoint import (
 from undiffuse.training.distributed import pick_device
 from undiffuse.training.keyed import derive_seed
 
-__all__ = ["Model", "load", "sample", "save_samples", "nll", "eval_data", "sampler_names", "SAMPLERS"]
+__all__ = ["Model", "load", "sample", "save_samples", "nll", "eval_data", "sampler_names", "SAMPLERS", "conditioning",
+           "guided_denoiser", "null_cond", "text_encoder"]
 
 SAMPLERS = ("ddim", "ddpm")
 
@@ -153,7 +154,8 @@ def sample(
     model: Model, n: int, seed: int = 0, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
     batch_size: int = 256, cond: Optional[dict] = None, callback: Optional[Callable[[dict], None]] = None,
     var_type: Optional[str] = None, clip: Union[str, tuple[float, float], None] = "auto",
-    spacing: str = "uniform", info: Optional[dict] = None,
+    spacing: str = "uniform", info: Optional[dict] = None, guidance: Optional[float] = None,
+    threshold: Optional[float] = None,
 ) -> torch.Tensor:  # fmt: skip
     """Draw ``n`` samples [n, *shape] in model units ([-1, 1] images, data units for vectors).
 
@@ -167,6 +169,10 @@ def sample(
             offset is the index of the batch's first sample.
         clip: "auto" (the config's ``diffusion.clip``), None, or (lo, hi): clipping of x̂_0.
         info: if a dict, receives "nfe" (network evaluations per sample) and "steps".
+        guidance: classifier-free guidance scale w (None: no guidance, i.e. w = 1, the plain conditional
+            model; 0: unconditional); the conditional and null rows run as one batch of 2n.
+        threshold: Imagen's dynamic thresholding at this percentile (e.g. 0.995) instead of ``clip``.
+    :func:`conditioning` builds ``cond`` / ``guidance`` from a class, a prompt or a low-res image.
     """
     if n < 1 or steps < 1 or batch_size < 1:
         raise UserError(f"n, steps and batch_size must be positive (got {n}, {steps}, {batch_size}) — pass positive counts")
@@ -177,7 +183,7 @@ def sample(
     from undiffuse.samplers import Counted
 
     counted = Counted(model.denoiser)
-    den = _Clipped(counted, *clip) if clip is not None else counted
+    den = guided_denoiser(model, counted, guidance, threshold, clip)
     sigmas = discrete_sigmas(model.schedule, steps, spacing).to(model.device)
     out, nfe = [], 0
     for start in range(0, n, batch_size):
@@ -193,6 +199,150 @@ def sample(
     if info is not None:
         info.update(nfe=nfe, steps=steps, sampler=sampler)
     return torch.cat(out)
+
+
+def null_cond(model: Model) -> dict:
+    """The classifier-free-guidance null condition of ``model`` as scalars that
+    :class:`~undiffuse.diffusion.guidance.ClassifierFreeGuidance` broadcasts to any batch: the null label
+    ``num_classes``, or zero context with an all-False mask (what caption dropout trained)."""
+    m = model.config.model
+    if m.class_cond:
+        return {"class_labels": int(model.data.num_classes)}
+    if getattr(m, "text_cond", False):
+        return {"context": 0.0, "context_mask": False}
+    raise UserError("classifier-free guidance needs a class- or text-conditional run, and this one is neither — drop --guidance")
+
+
+def guided_denoiser(
+    model: Model, denoiser: Optional[Callable] = None, guidance: Optional[float] = None,
+    threshold: Optional[float] = None, clip: Union[str, tuple[float, float], None] = "auto",
+) -> Callable:  # fmt: skip
+    """``denoiser`` (default: the model's) with classifier-free guidance at scale ``guidance`` (None: none),
+    then Imagen's dynamic thresholding at percentile ``threshold`` or else static clipping to ``clip``
+    ("auto": the config's ``diffusion.clip``). Any sampler accepts the result."""
+    from undiffuse.diffusion.guidance import ClassifierFreeGuidance, Thresholded
+
+    den = model.denoiser if denoiser is None else denoiser
+    if guidance is not None:
+        if not math.isfinite(guidance) or guidance < 0:
+            raise UserError(f"--guidance {guidance} must be a finite scale ≥ 0 (0: unconditional, 1: conditional)")
+        den = ClassifierFreeGuidance(den, float(guidance), null_cond(model))
+    if threshold is not None:
+        if not 0 < threshold <= 1:
+            raise UserError(f"dynamic-thresholding percentile {threshold} must lie in (0, 1] — e.g. 0.995")
+        return Thresholded(den, threshold)
+    clip = model.config.diffusion.clip if clip == "auto" else clip
+    return _Clipped(den, *clip) if clip is not None else den
+
+
+_ENCODERS: dict = {}
+
+
+def text_encoder(model: Model):
+    """The frozen sentence encoder for ``model``'s prompts, with its run's embedding cache (loaded once
+    per run directory; raises TextEncoderUnavailable naming the extra when the package is absent)."""
+    from undiffuse.conditioning import run_text_encoder
+
+    run_dir = model.checkpoint.parent.parent if model.checkpoint is not None else None
+    key = str(run_dir)
+    if key not in _ENCODERS:
+        enc = run_text_encoder(run_dir)
+        enc.cache_path = None  # read the run's cache, never write to it from sampling
+        _ENCODERS[key] = enc
+    return _ENCODERS[key]
+
+
+def _rows_of(value: Any, n: int, what: str) -> list:
+    """A scalar repeated n times, or a sequence of length 1 or n as a list of n."""
+    if isinstance(value, torch.Tensor):
+        value = value.reshape(-1).tolist() if value.ndim else value.item()
+    if isinstance(value, (list, tuple)):
+        if len(value) not in (1, n):
+            raise UserError(f"{len(value)} {what}s for {n} samples — give one, or one per sample")
+        return list(value) * (n if len(value) == 1 else 1)
+    return [value] * n
+
+
+def _load_lowres(model: Model, lowres: Any, n: int) -> torch.Tensor:
+    """A low-resolution input (a tensor [B, C, h, w] in [-1, 1] or an image path) at sr_from² → x_cond
+    [n, C, H, W] on the model's device; a larger image is first area-downsampled to sr_from."""
+    from undiffuse.editing import downsample, upsample_condition
+
+    s = model.config.model.sr_from
+    c, h, _ = model.data.shape
+    if isinstance(lowres, (str, os.PathLike)):
+        from undiffuse.data import from_uint8
+        from undiffuse.data.images import open_image
+
+        img = open_image(Path(lowres), "L" if c == 1 else "RGB")
+        lowres = from_uint8(np.array(img)[None])
+    x = torch.as_tensor(lowres, dtype=torch.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != c or x.shape[-1] != x.shape[-2]:
+        raise UserError(f"low-res input of shape {tuple(x.shape)} does not fit: need [B, {c}, {s}, {s}] (square, {c} channel(s))")
+    if x.shape[-1] < s:
+        raise UserError(f"low-res input is {x.shape[-1]}×{x.shape[-1]}, smaller than the model's {s}×{s} — give a {s}×{s} image")
+    if x.shape[-1] > s:
+        x = downsample(x, s)
+    if len(x) not in (1, n):
+        raise UserError(f"{len(x)} low-res images for {n} samples — give one, or one per sample")
+    return upsample_condition(x.expand(n, -1, -1, -1), h).to(model.device)
+
+
+def conditioning(
+    model: Model, n: int, class_label: Any = None, prompt: Any = None, guidance: Optional[float] = None,
+    lowres: Any = None,
+) -> dict:  # fmt: skip
+    """The extra keyword arguments of :func:`sample` (``cond`` and ``guidance``) for ``n`` samples.
+
+    - class-conditional runs: ``class_label`` an int or one per sample; None cycles through the classes
+      (sample i gets class i mod K);
+    - text-conditional runs: ``prompt`` a string or one per sample; None samples unconditionally;
+    - super-resolution runs: ``lowres`` the low-resolution image(s) (a tensor in [-1, 1] or a path);
+    - ``guidance``: the classifier-free guidance scale w (None: plain conditional sampling, w = 1).
+
+    Refused with a one-line UserError: a prompt for a class model, a class for a text model, either for
+    an unconditional model, a class out of range, guidance without anything to guide, a missing or
+    misplaced low-res image. An unconditional run with nothing given returns {}.
+    """
+    m, info = model.config.model, model.data
+    text = bool(getattr(m, "text_cond", False))
+    sr = getattr(m, "sr_from", None)
+    cond: dict = {}
+    if prompt is not None and not text:
+        what = "class-conditional — use --class" if m.class_cond else "not text-conditional"
+        raise UserError(f"this run is {what}; a prompt needs a run trained with --cond text")
+    if class_label is not None and not m.class_cond:
+        what = "text-conditional — use --prompt" if text else "not class-conditional"
+        raise UserError(f"this run is {what}; a class label needs a run trained with --cond class")
+    if lowres is not None and not sr:
+        raise UserError("this run is not a super-resolution model (model.sr_from) — drop the low-res input")
+    if sr and lowres is None:
+        raise UserError(f"this run super-resolves {sr}×{sr} images — pass the low-res input image")
+    if m.class_cond:
+        K = int(info.num_classes)
+        labels = list(range(n)) if class_label is None else _rows_of(class_label, n, "class label")
+        bad = [y for y in labels if not isinstance(y, int) or isinstance(y, bool) or not 0 <= y < K]
+        if bad:
+            names = f" ({', '.join(f'{k}={v}' for k, v in enumerate(info.class_names))})" if info.class_names else ""
+            raise UserError(f"class {bad[0]!r} is out of range — this run has classes 0..{K - 1}{names}")
+        cond["class_labels"] = torch.tensor([y % K for y in labels], dtype=torch.long, device=model.device)
+    if text and prompt is not None:
+        prompts = [str(p) for p in _rows_of(prompt, n, "prompt")]
+        if any(not p.strip() for p in prompts):
+            raise UserError("empty prompt — describe the image, e.g. --prompt 'a pair of ankle boots'")
+        cond.update(text_encoder(model).condition(prompts, device=model.device))
+    if sr:
+        cond["x_cond"] = _load_lowres(model, lowres, n)
+    if guidance is not None and not ("class_labels" in cond or "context" in cond):
+        raise UserError("--guidance needs a condition to guide: a class-conditional run, or --prompt for a text run")
+    if not cond:
+        return {}
+    out: dict = {"cond": cond}
+    if guidance is not None:
+        out["guidance"] = float(guidance)
+    return out
 
 
 def save_samples(
