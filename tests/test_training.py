@@ -155,20 +155,13 @@ def test_keyed_randomness_helpers():
     assert sorted(both.tolist()) == list(range(16))
 
 
-def _toy_cfg(steps: int):
-    return apply_overrides(
-        get_preset("toy"),
-        ["model.hidden=128", "model.depth=3", "train.batch_size=256", f"train.steps={steps}", "train.lr=2e-3",
-         "train.val_every=0", "train.sample_every=0", "train.ckpt_every=0", "train.ema_halflife_kimg=20"],
-    )  # fmt: skip
-
-
 def _mode_report(run_dir: Path, n: int = 2500) -> dict:
+    """VEEGAN/PacGAN protocol: 2,500 samples (DDPM, 100 steps); high quality = within 3σ of a mode."""
     import undiffuse
     from undiffuse.data import toy_modes
 
     model = undiffuse.load(run_dir, device="cpu")
-    x = model.sample(n, seed=0, sampler="ddim", steps=100)
+    x = model.sample(n, seed=0, sampler="ddpm", steps=100)
     means, std = toy_modes("25gaussians")
     dist, nearest = torch.cdist(x.double(), means.double()).min(1)
     good = dist <= 3 * std
@@ -177,18 +170,23 @@ def _mode_report(run_dir: Path, n: int = 2500) -> dict:
 
 
 def test_toy_25gaussians_covers_all_modes(tmp_path):
-    """A real training run: all 25 modes covered, most samples within 3σ = 0.15 of a mode."""
-    train(_toy_cfg(1500), tmp_path / "toy", progress=False)
+    """A real training run (≈ 30 s): all 25 modes covered, most samples within 3σ = 0.15 of a mode.
+    (Measured: 25 modes, 62 % high quality; the full ``toy`` preset, below, reaches 96 %.)"""
+    cfg = apply_overrides(
+        get_preset("toy"),
+        ["model.hidden=128", "model.depth=3", "train.batch_size=256", "train.steps=3000", "train.lr=2e-3",
+         "train.ema_halflife_kimg=5", "train.val_every=0", "train.sample_every=0", "train.ckpt_every=0"],
+    )  # fmt: skip
+    train(cfg, tmp_path / "toy", progress=False)
     rep = _mode_report(tmp_path / "toy")
-    assert rep["modes"] == 25, rep
-    assert rep["high_quality"] > 0.5, rep
+    assert rep["modes"] == 25 and rep["high_quality"] > 0.5, rep
     assert math.isfinite(rep["high_quality"])
 
 
 @pytest.mark.slow
 def test_toy_25gaussians_preset_high_quality(tmp_path):
-    """The full ``toy`` preset: PacGAN-level quality (most samples within 3σ)."""
+    """The full ``toy`` preset (6000 steps of 512): PacGAN-level quality."""
     train(apply_overrides(get_preset("toy"), ["train.sample_every=0", "train.val_every=0"]), tmp_path / "toy",
           progress=False)  # fmt: skip
     rep = _mode_report(tmp_path / "toy")
-    assert rep["modes"] == 25 and rep["high_quality"] > 0.8, rep
+    assert rep["modes"] == 25 and rep["high_quality"] > 0.85, rep
