@@ -259,7 +259,7 @@ def _train_baseline(unit: Unit, run_dir: Path, budget: float, toy: bool) -> dict
 
     target = _diffusion_params(unit.dataset)
     clock = CpuBudget(budget)
-    steps, chunk, resume, s = 0, 20, False, {}
+    steps, chunk, resume, s = 0, 5, False, {}
     while not clock.expired():
         c0, s0 = clock.used, steps
         s = train_baseline(unit.model, unit.dataset, run_dir, steps=steps + chunk, seed=unit.seed, resume=resume,

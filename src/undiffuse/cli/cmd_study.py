@@ -33,6 +33,7 @@ def add_parser(sub) -> None:
                    help="toy training budget per model, CPU seconds (default 90)")
     p.add_argument("--fmnist-samples", type=positive_int, default=1000, help="Fashion-MNIST samples per model for the "
                    "classifier metrics (default 1000)")
+    p.add_argument("--nll-n", type=positive_int, default=500, help="test examples for the NLL of each model (default 500)")
     p.add_argument("--fid", type=int, default=0, metavar="N", help="also Inception FID on N samples (≥ 2000 for the "
                    "protocol) of seed 0 of each Fashion-MNIST model (0: skip; ~5 img/s on CPU)")
     p.add_argument("--fid-ref", type=positive_int, default=2000, help="test images for the FID reference statistics")
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from undiffuse import study
 
     settings = study.StudySettings(toy_seconds=args.toy_seconds, fmnist_seconds=60 * args.minutes,
-                                   fmnist_samples=args.fmnist_samples)  # fmt: skip
+                                   fmnist_samples=args.fmnist_samples, nll_n_toy=args.nll_n,
+                                   nll_n_fmnist=args.nll_n)  # fmt: skip
     units = []
     if args.only in (None, "toys"):
         units += study.toy_units(args.seeds)
