@@ -26,6 +26,8 @@ def add_parser(sub) -> None:
         "OUT/summary.md holds the tables. Budgets are CPU seconds of one torch thread.",
     )  # fmt: skip
     p.add_argument("--only", choices=("toys", "fmnist"), default=None, help="run only the toys or only Fashion-MNIST")
+    p.add_argument("--data", default=None, help="only the units of this dataset (e.g. toy:8gaussians), to run "
+                   "datasets in parallel processes on the same OUT")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per (dataset, model) (default 3)")
     p.add_argument("--minutes", type=_positive_float, default=10.0,
                    help="Fashion-MNIST training budget per model, CPU minutes (default 10, the default run's)")
@@ -53,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         units += study.toy_units(args.seeds)
     if args.only in (None, "fmnist"):
         units += study.fmnist_units(args.seeds)
+    if args.data is not None:
+        units = [u for u in units if u.dataset == args.data]
     study.run_study(args.out, units, settings)
     if args.fid and args.only in (None, "fmnist"):
         names = [study.Unit(study.FMNIST, m, 0).name for m in study.FMNIST_MODELS]
