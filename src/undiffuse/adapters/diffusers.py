@@ -34,6 +34,7 @@ from undiffuse.errors import CheckpointError, ConfigError, UserError
 from undiffuse.schedules.discrete import Schedule
 
 __all__ = [
+    "DenoiserAsEpsModel",
     "DiffusersPrecond",
     "DiffusersUNet",
     "MissingExtraError",
@@ -217,6 +218,28 @@ class DiffusersPrecond(Precond):
         if self.schedule is None:
             raise ValueError("a diffusers-convention network needs the discrete schedule it was trained on")
         return self.schedule.sigma_to_t(sigma.to(torch.float64)) - 1
+
+
+class DenoiserAsEpsModel:
+    """The reverse adapter: an undiffuse denoiser as a diffusers-style ε model ``model(x_t, t_d)``, so
+    that diffusers' schedulers (DDIM, DPMSolverMultistep, UniPC, …) drive an undiffuse network.
+
+    x = x_t·√(1+σ²) with σ = σ_{t_d+1} of ``schedule``, D = denoiser(x, σ), ε̂ = (x − D)/σ; works for
+    any parameterization (give the scheduler ``prediction_type="epsilon"`` and ``trained_betas`` =
+    ``schedule.betas``). ``nfe`` counts calls."""
+
+    def __init__(self, denoiser, schedule: Schedule) -> None:
+        self.denoiser, self.schedule, self.nfe = denoiser, schedule, 0
+
+    def __call__(self, x_t: torch.Tensor, t_d) -> torch.Tensor:
+        self.nfe += 1
+        t = torch.as_tensor(t_d, device="cpu").long().reshape(-1)
+        sigma = self.schedule.sigmas[t].to(x_t.device).expand(x_t.shape[0])  # float64 [B]
+        if torch.isinf(sigma).any():
+            raise ValueError("σ = ∞ (zero terminal SNR) has no ε-form; use an undiffuse sampler")
+        s = sigma.to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
+        x = x_t * torch.sqrt(1 + s**2)
+        return (x - self.denoiser(x, sigma)) / s
 
 
 def _load_weights(model_dir: Path) -> dict:

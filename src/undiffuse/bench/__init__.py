@@ -1,0 +1,230 @@
+"""``undiffuse bench``: undiffuse against diffusers, side by side, on one device, in one run.
+
+:func:`run_bench` measures (a) training throughput and peak memory of undiffuse's UNet and
+diffusers' ``UNet2DModel`` in the same configuration (DDPM's CIFAR-10 network, 35.7 M parameters,
+and a small CPU one), (b) DDIM sampling throughput at 50 steps, and (c), given trained run
+directories, the error per network evaluation of every sampler against a converged probability-flow
+ODE solution (:mod:`undiffuse.bench.quality`). It prints a markdown table and writes
+``<out_dir>/<YYYY-MM-DD>-<device>.json`` (+ ``.md``).
+
+Rows ``train_speedup`` / ``sample_speedup`` compare the out-of-the-box paths (each library's
+defaults, eager); ``*_best`` the best paths, with the same speed options given to both. See
+``benchmarks/README.md`` for the protocol.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from typing import Optional, Union
+
+import torch
+
+from undiffuse.bench.report import device_name, format_table, row, versions, write_results
+from undiffuse.bench.throughput import (
+    Setup,
+    interleaved,
+    median,
+    peak_memory_mb,
+    sampler_fn,
+    trainer_fn,
+)
+from undiffuse.speed import TrainOptions, bf16_supported, default_sample_options, default_train_options
+
+__all__ = ["run_bench", "format_table"]
+
+#: network preset and batch sizes per mode: (tiny test, quick CPU, full CPU, CUDA)
+CASES = {
+    "cifar10": ("ddpm-cifar10", dict(quick=8, full=32, cuda=128)),
+    "small": ("fmnist-small", dict(quick=32, full=64, cuda=256)),
+}
+SAMPLE_BATCH = dict(quick=8, full=32, cuda=256)
+
+
+def _has_diffusers() -> bool:
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _best_options(dev: torch.device, quick: bool) -> TrainOptions:
+    """The best path, given to both libraries alike: bf16 autocast where the hardware has native bf16,
+    channels_last on CUDA (on CPU oneDNN gains nothing from it here), fused AdamW, and
+    ``torch.compile`` unless quick."""
+    prec = "bf16" if bf16_supported(dev) else ("fp16" if dev.type == "cuda" else "fp32")
+    return TrainOptions(channels_last=dev.type == "cuda", precision=prec, fused_adamw=True,
+                        compile_mode=None if quick else "default")  # fmt: skip
+
+
+def _opts_note(o: TrainOptions) -> str:
+    parts = [o.precision, "channels_last" if o.channels_last else "NCHW",
+             "fused AdamW" if o.fused_adamw else "AdamW"]  # fmt: skip
+    return "+".join(parts + ([f"compile({o.compile_mode})"] if o.compile_mode else ["eager"]))
+
+
+def _train_rows(case: str, preset: str, batch: int, dev: torch.device, quick: bool, repeats: int,
+                warmup: int, diff: bool, memory: bool) -> list[dict]:  # fmt: skip
+    ours = default_train_options(dev)
+    best = _best_options(dev, quick)
+    theirs_default = TrainOptions(channels_last=False, precision="fp32", fused_adamw=False)
+    d = str(dev)
+    pairs = {  # row suffix → (undiffuse setup, diffusers setup, note)
+        "": (Setup("undiffuse", preset, batch, d, ours),
+             Setup("diffusers", preset, batch, d, theirs_default, torch_default_adamw=True),
+             f"out of the box, eager: undiffuse {_opts_note(ours)} vs diffusers fp32+NCHW+torch AdamW"),
+        "_fp32": (Setup("undiffuse", preset, batch, d, with_options_(ours, precision="fp32")),
+                  Setup("diffusers", preset, batch, d, theirs_default, torch_default_adamw=True),
+                  "same precision (fp32) both; undiffuse defaults otherwise"),
+        "_best": (Setup("undiffuse", preset, batch, d, best), Setup("diffusers", preset, batch, d, best),
+                  f"best path, same options both: {_opts_note(best)}"),
+    }  # fmt: skip
+    if ours.precision == "fp32":
+        pairs.pop("_fp32")  # identical to the out-of-the-box row
+    tag = "" if case == "cifar10" else f"_{case}"
+    rows = []
+    for suffix, (su, sd, note) in pairs.items():
+        fns = {"undiffuse": trainer_fn(su)}
+        if diff:
+            fns["diffusers"] = trainer_fn(sd)
+        times = interleaved(fns, repeats, warmup, dev)
+        del fns
+        ips = {k: batch / median(v) for k, v in times.items()}
+        rows.append(row(f"train_speedup{tag}{suffix}", "img/s", ips["undiffuse"], ips.get("diffusers"),
+                        f"{preset}, batch {batch}; {note}; median of {repeats}"))  # fmt: skip
+        if memory and suffix != "_fp32":
+            mu, md = peak_memory_mb(su), (peak_memory_mb(sd) if diff else None)
+            kind = "max allocated" if dev.type == "cuda" else "peak RSS of a fresh process"
+            rows.append(row(f"train_memory{tag}{suffix}", "MB", mu, md,
+                            f"{kind}; speedup = diffusers ÷ undiffuse", higher_is_better=False))  # fmt: skip
+    return rows
+
+
+def with_options_(o: TrainOptions, **kw) -> TrainOptions:
+    from dataclasses import replace
+
+    return replace(o, **kw)
+
+
+def _sample_rows(preset: str, batch: int, dev: torch.device, quick: bool, repeats: int, warmup: int,
+                 diff: bool, run_steps: Optional[int]) -> list[dict]:  # fmt: skip
+    d = str(dev)
+    plain = default_sample_options(dev)
+    best = with_options_(_best_options(dev, quick), fused_adamw=False)
+    cuda = dev.type == "cuda"
+    pairs = {
+        "": (Setup("undiffuse", preset, batch, d, plain), Setup("diffusers", preset, batch, d, TrainOptions()),
+             f"out of the box, eager: undiffuse {plain.precision} vs diffusers fp32"),
+        "_best": (Setup("undiffuse", preset, batch, d, best, cuda_graph=cuda),
+                  Setup("diffusers", preset, batch, d, best, cuda_graph=cuda),
+                  f"best path, same options both: {best.precision}"
+                  f"{'+channels_last' if best.channels_last else ''}"
+                  f"{'+compile' if best.compile_mode else ''}{'+CUDA graph' if cuda else ''}"),
+    }  # fmt: skip
+    rows = []
+    for suffix, (su, sd, note) in pairs.items():
+        built = {"undiffuse": sampler_fn(su, 50, run_steps)}
+        if diff:
+            built["diffusers"] = sampler_fn(sd, 50, run_steps)
+        times = interleaved({k: v[0] for k, v in built.items()}, repeats, warmup, dev)
+        steps_run = run_steps or 50
+        nfe = {k: c.nfe // (warmup + repeats) for k, (_, c) in built.items()}
+        ips = {k: batch / (median(v) * 50 / steps_run) for k, v in times.items()}
+        how = (
+            "full 50-step runs"
+            if steps_run == 50
+            else f"{steps_run} of the 50 steps timed, × {50 / steps_run:g}"
+        )
+        rows.append(row(f"sample_speedup{suffix}", "img/s", ips["undiffuse"], ips.get("diffusers"),
+                        f"{preset}, DDIM 50 steps (trailing), batch {batch}; {note}; {how}; "
+                        f"counted NFE per run {nfe}; median of {repeats}"))  # fmt: skip
+    return rows
+
+
+def run_bench(
+    quick: bool = True,
+    device: Union[str, torch.device, None] = None,
+    out_dir: Union[str, os.PathLike, None] = "benchmarks/results",
+    run_dirs: Optional[dict] = None,
+    *,
+    tiny: bool = False,
+    repeats: Optional[int] = None,
+    memory: bool = True,
+    quality_samples: Optional[int] = None,
+    oracle: bool = True,
+    echo: bool = True,
+) -> dict:
+    """Run the side-by-side benchmark and return the result dict (also written to ``out_dir``).
+
+    Args:
+        quick: a few minutes on CPU: small batches, few repeats, sampling timed on 2 of the 50 steps
+            and scaled (the row says so), no ``torch.compile``.
+        device: "cpu", "cuda", … (default: cuda when available).
+        out_dir: where the JSON and markdown go (None: nothing written).
+        run_dirs: trained runs for the quality rows, e.g. {"fmnist": "runs/fmnist", "toy": "runs/toy"}.
+        tiny: tests only — the 8×8 "tiny" network, 2 repeats, tiny batches.
+        repeats: timed repeats per measurement (default 5; ≥ 5 is the protocol).
+        memory: also measure peak memory.
+        quality_samples: samples per quality evaluation (default 64 quick, 256 otherwise; a
+            Gaussian-mixture toy run uses at least the protocol's 2,500).
+        oracle: also the quality rows on the exact denoiser of the 25-Gaussian mixture (no training
+            needed: every sampler's error against the converged PF-ODE solution, and mode coverage).
+        echo: print the markdown table.
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    diff = _has_diffusers()
+    mode = "cuda" if dev.type == "cuda" else ("quick" if quick else "full")
+    repeats = repeats or (2 if tiny else 5)
+    warmup = 1 if (tiny or quick) else 3
+    rows: list[dict] = []
+    cases = {"tiny": ("tiny", {mode: 4})} if tiny else CASES
+    for case, (preset, batches) in cases.items():
+        rows += _train_rows(case, preset, batches[mode], dev, quick, repeats, warmup, diff, memory)
+    s_preset = "tiny" if tiny else "ddpm-cifar10"
+    s_batch = 4 if tiny else SAMPLE_BATCH[mode]
+    run_steps = 2 if (tiny or (quick and dev.type == "cpu")) else None
+    rows += _sample_rows(s_preset, s_batch, dev, quick, repeats, warmup, diff, run_steps)
+    quality: dict = {}
+    if oracle:
+        from undiffuse.bench.quality import oracle_quality
+
+        q_rows, quality["gmm25-oracle"] = oracle_quality(dev, n=100 if tiny else (500 if quick else 2500), tiny=tiny,
+                                                         with_diffusers=diff)  # fmt: skip
+        rows += q_rows
+    if run_dirs:
+        from undiffuse.bench.quality import quality_rows
+
+        for label, path in run_dirs.items():
+            q_rows, quality[label] = quality_rows(path, label, dev, n=quality_samples or (64 if quick else 256),
+                                                  with_diffusers=diff)  # fmt: skip
+            rows += q_rows
+    result = {
+        "device": device_name(dev),
+        "date": _dt.date.today().isoformat(),
+        "versions": versions(),
+        "settings": {
+            "quick": quick,
+            "tiny": tiny,
+            "repeats": repeats,
+            "warmup": warmup,
+            "torch_threads": torch.get_num_threads(),
+            "undiffuse_train_defaults": default_train_options(dev).to_dict(),
+        },  # fmt: skip
+        "results": rows,
+        "quality": quality,
+        "summary": _summary(rows, diff),
+    }
+    if out_dir is not None:
+        result["files"] = [str(p) for p in write_results(result, out_dir, dev)]
+    if echo:
+        print(format_table(result))
+    return result
+
+
+def _summary(rows: list[dict], diff: bool) -> str:
+    if not diff:
+        return "diffusers is not installed (pip install 'undiffuse[bench]'): undiffuse measured alone."
+    get = {r["name"]: r["speedup"] for r in rows}
+    keys = ("train_speedup", "train_speedup_best", "sample_speedup", "sample_speedup_best")
+    return "; ".join(f"{k} {get[k]:.2f}×" for k in keys if get.get(k) is not None)
