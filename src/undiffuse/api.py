@@ -322,12 +322,12 @@ def conditioning(
         raise UserError(f"this run super-resolves {sr}×{sr} images — pass the low-res input image")
     if m.class_cond:
         K = int(info.num_classes)
-        labels = list(range(n)) if class_label is None else _rows_of(class_label, n, "class label")
+        labels = [i % K for i in range(n)] if class_label is None else _rows_of(class_label, n, "class label")
         bad = [y for y in labels if not isinstance(y, int) or isinstance(y, bool) or not 0 <= y < K]
         if bad:
             names = f" ({', '.join(f'{k}={v}' for k, v in enumerate(info.class_names))})" if info.class_names else ""
             raise UserError(f"class {bad[0]!r} is out of range — this run has classes 0..{K - 1}{names}")
-        cond["class_labels"] = torch.tensor([y % K for y in labels], dtype=torch.long, device=model.device)
+        cond["class_labels"] = torch.tensor(labels, dtype=torch.long, device=model.device)
     if text and prompt is not None:
         prompts = [str(p) for p in _rows_of(prompt, n, "prompt")]
         if any(not p.strip() for p in prompts):
