@@ -63,14 +63,14 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert (tmp_path / "a" / "loss.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("how", ["sigint", "keyboard_interrupt"])
+@pytest.mark.parametrize("how", ["sigint", "sigterm", "keyboard_interrupt"])
 def test_interrupt_saves_and_resumes_exactly(tmp_path, how):
     cfg = tiny()
 
     def stop_at_7(step, stats):
         if step == 7:
-            if how == "sigint":
-                os.kill(os.getpid(), signal.SIGINT)  # handled: stop at the end of this step
+            if how in ("sigint", "sigterm"):  # handled: stop at the end of this step
+                os.kill(os.getpid(), signal.SIGINT if how == "sigint" else signal.SIGTERM)
             else:
                 raise KeyboardInterrupt
 
@@ -81,6 +81,29 @@ def test_interrupt_saves_and_resumes_exactly(tmp_path, how):
     assert s.step == 12 and not s.interrupted
     train(cfg, tmp_path / "b", steps=12, progress=False)
     assert_same(weights(tmp_path / "a", 12), weights(tmp_path / "b", 12))
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [["model.class_cond=true"], ["diffusion.learned_variance=true"], ["train.precision=bf16"],
+     ["diffusion.parameterization=x0", "diffusion.weighting=min_snr"], ["diffusion.parameterization=edm"],
+     ["train.lr_schedule=cosine", "train.decay_steps=3", "train.weight_decay=0.01", "model.dropout=0.1"]],
+)  # fmt: skip
+def test_configuration_variants_train_and_sample(tmp_path, variant):
+    import undiffuse
+    from undiffuse.api import eval_data, nll
+
+    s = train(tiny("train.sample_every=3", "train.sample_n=4", "train.sample_steps=3", *variant), tmp_path / "r",
+              steps=3, progress=False)  # fmt: skip
+    assert math.isfinite(s.loss) and (tmp_path / "r" / "samples" / "step_0000003.png").exists()
+    model = undiffuse.load(tmp_path / "r", device="cpu")
+    cond = {"class_labels": torch.arange(4)} if "model.class_cond=true" in variant else None
+    x = model.sample(4, seed=0, sampler="ddpm", steps=4, cond=cond)
+    assert torch.isfinite(x).all()
+    r = nll(model, eval_data(model, n=4), n_t=3, cond=cond)
+    assert math.isfinite(r["bits_per_dim"])
+    if "diffusion.learned_variance=true" in variant:
+        assert r["var_type"] == "learned"
 
 
 def test_grad_accumulation_matches_full_batch(tmp_path):
