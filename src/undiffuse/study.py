@@ -236,8 +236,10 @@ def _train_diffusion(unit: Unit, run_dir: Path, budget: float, toy: bool) -> dic
         s = train(cfg, run_dir, progress=False, on_step=on_step, device="cpu")
         out.update(steps=s.step, loss=s.loss, cpu_seconds=clock.used, wall_seconds=s.seconds,
                    batch_size=cfg.train.batch_size)  # fmt: skip
-    except TrainingError as e:  # NaN loss: the last good checkpoint (if any) is kept
-        out.update(failed=True, nan_loss="NaN" in str(e) or "inf" in str(e), error=str(e), cpu_seconds=clock.used)
+    except TrainingError as e:  # NaN loss: the last good checkpoint (if any) is kept, the run counts as collapsed
+        if "became NaN" not in str(e) and "became inf" not in str(e):
+            raise  # anything else (disk, directory) is not a result: no JSON, the unit is retried
+        out.update(failed=True, nan_loss=True, error=str(e), cpu_seconds=clock.used)
     out["has_checkpoint"] = any(run_dir.glob("**/ema.safetensors"))
     import undiffuse.api as api
 
