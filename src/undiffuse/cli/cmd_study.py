@@ -31,8 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per (dataset, model) (default 3)")
     p.add_argument("--minutes", type=_positive_float, default=10.0,
                    help="Fashion-MNIST training budget per model, CPU minutes (default 10, the default run's)")
-    p.add_argument("--toy-seconds", type=_positive_float, default=60.0,
-                   help="toy training budget per model, CPU seconds (default 60)")
+    p.add_argument("--toy-seconds", type=_positive_float, default=30.0,
+                   help="toy training budget per model, CPU seconds (default 30)")
     p.add_argument("--fmnist-samples", type=positive_int, default=1000, help="Fashion-MNIST samples per model for the "
                    "classifier metrics (default 1000)")
     p.add_argument("--nll-n", type=positive_int, default=500, help="test examples for the NLL of each model (default 500)")
