@@ -52,8 +52,9 @@ FMNIST_MODELS = ("diffusion", "gan", "vae", "diffusers")
 
 # The diffusion settings of the toy units, on top of the ``toy`` preset (config.py is not changed):
 # no periodic samples/validation/checkpoints inside the budget, a horizon the budget always stops first.
-# Batch 256 and a cosine decay of the learning rate to 1e-5 over 1,400 steps (≈ the steps 30 CPU seconds afford; the toy preset keeps a constant
-# rate): measured on 25 Gaussians, more steps per CPU second and an annealed rate give the sharpest modes.
+# Batch 256 and a cosine decay of the learning rate to 1e-5 over 1,400 steps (≈ what 30 CPU seconds afford;
+# the toy preset keeps a constant rate): on 25 Gaussians, more steps per CPU second and an annealed rate gave
+# the sharpest modes in our trials.
 TOY_DIFFUSION_OVERRIDES = ("train.sample_every=0", "train.val_every=0", "train.ckpt_every=0", "train.steps=100000000",
                            "train.batch_size=256", "train.lr_schedule=cosine", "train.decay_steps=1400",
                            "train.min_lr=1e-5")  # fmt: skip
