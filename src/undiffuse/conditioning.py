@@ -38,7 +38,7 @@ TEXT_CACHE = "text_embeddings.safetensors"
 _GENERIC = ("{}", "a {}", "a photo of a {}", "an image of a {}", "a picture of a {}", "a small {}")
 
 
-def _is_fashion(class_names: Optional[Sequence[str]], num_classes: Optional[int]) -> bool:
+def _is_fashion(class_names: Optional[Sequence[str]]) -> bool:
     from undiffuse.text import FASHION_MNIST_CLASSES
 
     return class_names is not None and tuple(class_names) == FASHION_MNIST_CLASSES
@@ -52,7 +52,7 @@ def caption_templates_for(info, split: str = "train") -> dict[int, tuple[str, ..
     if not info.num_classes:
         raise ConfigError(f"model.text_cond needs labelled data to caption, and {info.name} has none — "
                           "set model.text_cond=false")  # fmt: skip
-    if _is_fashion(info.class_names, info.num_classes):
+    if _is_fashion(info.class_names):
         return caption_templates(split)
     names = info.class_names or tuple(str(k) for k in range(info.num_classes))
     if split != "train":
