@@ -57,7 +57,7 @@ DIGITS = ["train.batch_size=8", "train.ckpt_every=2", "train.sample_every=0", "t
 @pytest.fixture(scope="module")
 def toy_model(tmp_path_factory):
     run = tmp_path_factory.mktemp("toycond") / "run"
-    train(resolve_config("toy:8gaussians", None, TOY), run, steps=300, progress=False)
+    train(resolve_config("toy:8gaussians", None, TOY), run, steps=200, progress=False)
     return undiffuse.load(run, device="cpu")
 
 
