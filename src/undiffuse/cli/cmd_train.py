@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from undiffuse.cli.common import add_device, positive_int
@@ -36,10 +35,11 @@ def add_parser(sub) -> None:
 
 
 def resolve(args: argparse.Namespace):
-    """The RunConfig the flags mean; on --resume the saved config with the flags applied (the trainer
-    then refuses any contradiction other than --steps)."""
-    from undiffuse.config import apply_overrides, from_dict, resolve_config
+    """The RunConfig the flags mean; on --resume the saved config, with given flags accepted only where
+    they agree with it (``training.resume_config``)."""
+    from undiffuse.config import resolve_config
     from undiffuse.errors import TrainingError
+    from undiffuse.training import resume_config, saved_config
 
     overrides = list(args.overrides)
     if args.cond == "class":
@@ -48,15 +48,9 @@ def resolve(args: argparse.Namespace):
         overrides.append("model.text_cond=true")
     if not args.resume:
         return resolve_config(args.data, args.preset, overrides)
-    saved = Path(args.out) / "config.json"
-    if not saved.is_file():
-        raise TrainingError(f"--resume: {args.out} holds no run (no config.json) — train without --resume first")
-    cfg = from_dict(json.loads(saved.read_text()))
-    if args.preset is not None and args.preset != cfg.preset:
-        raise TrainingError(f"--preset {args.preset} contradicts the saved run's preset {cfg.preset} — drop --preset when resuming")
-    if args.data is not None:
-        overrides.insert(0, f"data.name={args.data}")
-    return apply_overrides(cfg, overrides)
+    if args.preset is not None and args.preset != saved_config(args.out).preset:
+        raise TrainingError(f"--preset {args.preset} contradicts the saved run's preset — drop --preset when resuming")
+    return resume_config(args.out, overrides, data=args.data, steps=args.steps)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ import torch
 from undiffuse.build import DataInfo
 from undiffuse.config import RunConfig, apply_overrides, diff_configs, from_dict, to_dict
 from undiffuse.errors import TrainingError, UserError
+from undiffuse.io import atomic_write
 from undiffuse.training.checkpoint import latest_checkpoint, read_state
 
 __all__ = ["check_new_run_dir", "resume_checkpoint", "saved_config", "resume_config", "merge_resume_config",
@@ -95,9 +96,8 @@ def resume_config(run_dir: Union[str, os.PathLike], overrides: Iterable[str] = (
 
 def write_config(run_dir: Path, cfg: RunConfig) -> None:
     """Write ``config.json`` (atomically)."""
-    tmp = run_dir / ".config.json.tmp"
-    tmp.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-    os.replace(tmp, run_dir / "config.json")
+    text = json.dumps(to_dict(cfg), indent=2) + "\n"
+    atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
 
 
 @dataclass
