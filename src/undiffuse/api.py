@@ -40,10 +40,9 @@ from undiffuse.training.checkpoint import (
 from undiffuse.training.distributed import pick_device
 from undiffuse.training.keyed import derive_seed
 
-__all__ = ["Model", "load", "sample", "save_samples", "nll", "eval_data", "sampler_names", "SAMPLERS", "conditioning",
+__all__ = ["Model", "load", "sample", "save_samples", "nll", "eval_data", "sampler_names", "conditioning",
            "guided_denoiser", "null_cond", "text_encoder"]
 
-SAMPLERS = ("ddim", "ddpm")
 
 
 @dataclass
@@ -120,28 +119,26 @@ class _Clipped:
 
 def sampler_names() -> tuple[str, ...]:
     """The sampler names :func:`sample` accepts (those of ``undiffuse.samplers.registry`` if present)."""
-    try:
-        from undiffuse.samplers.registry import SAMPLERS as REGISTERED
-    except ImportError:
-        return SAMPLERS
+    from undiffuse.samplers.registry import SAMPLERS as REGISTERED
+
     return tuple(REGISTERED)
 
 
-def _run_sampler(name: str, denoiser, x, sigmas, gens, callback, cond, eta: float, var_type: str):
-    """Dispatch by name: through the sampler registry when it exists, else DDPM/DDIM directly."""
-    kw = dict(generator=gens, callback=callback, cond=cond, eta=eta, var_type=var_type)
-    try:
-        from undiffuse.samplers import registry
-    except ImportError:
-        from undiffuse.samplers import sample_ddim, sample_ddpm
+def _run_sampler(name: str, denoiser, x, sigmas, gens, callback, cond, eta: Optional[float], var_type: str):
+    """Dispatch by name through the sampler registry (which warns when a σ-space sampler meets a learned
+    variance). ``eta`` reaches only samplers that take it, and only when given, so Euler-ancestral keeps
+    its own default; ``var_type`` only DDPM."""
+    from undiffuse.samplers import registry
 
-        fns = {"ddim": sample_ddim, "ddpm": sample_ddpm}
-    else:
-        fns = registry.SAMPLERS
-    if name not in fns:
-        raise UserError(f"unknown sampler {name!r} — choose one of {', '.join(fns)}")
-    accepted = inspect.signature(fns[name]).parameters
-    return fns[name](denoiser, x, sigmas, **{k: v for k, v in kw.items() if k in accepted})
+    if name not in registry.SAMPLERS:
+        raise UserError(f"unknown sampler {name!r} — choose one of {', '.join(registry.SAMPLERS)}")
+    kw = dict(generator=gens, callback=callback, cond=cond)
+    accepted = inspect.signature(registry.SAMPLERS[name]).parameters
+    if eta is not None and "eta" in accepted:
+        kw["eta"] = eta
+    if "var_type" in accepted:
+        kw["var_type"] = var_type
+    return registry.sample(name, denoiser, x, sigmas, **kw)
 
 
 def sample_generators(seed: int, start: int, stop: int, device: torch.device) -> list[torch.Generator]:
@@ -151,7 +148,7 @@ def sample_generators(seed: int, start: int, stop: int, device: torch.device) ->
 
 @torch.no_grad()
 def sample(
-    model: Model, n: int, seed: int = 0, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+    model: Model, n: int, seed: int = 0, sampler: str = "ddim", steps: int = 50, eta: Optional[float] = None,
     batch_size: int = 256, cond: Optional[dict] = None, callback: Optional[Callable[[dict], None]] = None,
     var_type: Optional[str] = None, clip: Union[str, tuple[float, float], None] = "auto",
     spacing: str = "uniform", info: Optional[dict] = None, guidance: Optional[float] = None,

@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--sampler", default="ddim", help="ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_3m, unipc")
     p.add_argument("--steps", type=positive_int, default=50, help="sampler steps (a subset of the T training steps)")
     p.add_argument("--spacing", default="uniform", help="step spacing: uniform, trailing, leading")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM η in [0, 1] (0: deterministic)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="η in [0, 1] for ddim (default 0: deterministic) and euler_ancestral (default 1)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="samples per batch (does not change the samples)")
     p.add_argument("--checkpoint", default=None, help="a step number or checkpoint directory (default: the latest)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import undiffuse.api as api
     from undiffuse.errors import UserError
 
-    if not 0 <= args.eta <= 1:
+    if args.eta is not None and not 0 <= args.eta <= 1:
         raise UserError(f"--eta {args.eta} must lie in [0, 1]")
     from undiffuse.evaluation.report import is_baseline_run
 
