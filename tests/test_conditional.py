@@ -168,3 +168,18 @@ def test_caption_draws_are_keyed_and_dropout_gives_the_null_condition(fake_encod
     c = table.condition(ids, drop)
     assert (c["context"][drop] == 0).all() and not c["context_mask"][drop].any()
     assert c["context_mask"][~drop].any(1).all()
+
+
+def test_super_resolution_takes_the_low_res_image():
+    model = _model("model.sr_from=4")
+    low = torch.rand(1, 1, 4, 4) * 2 - 1
+    kw = conditioning(model, 3, lowres=low)
+    assert kw["cond"]["x_cond"].shape == (3, 1, 8, 8)
+    flat = conditioning(model, 1, lowres=torch.full((1, 1, 4, 4), 0.25))["cond"]["x_cond"]
+    assert torch.allclose(flat, torch.full_like(flat, 0.25))
+    x = sample(model, 3, seed=0, steps=2, **kw)
+    assert x.shape == (3, 1, 8, 8)
+    big = conditioning(model, 1, lowres=torch.zeros(1, 1, 8, 8))["cond"]["x_cond"]  # downsampled first
+    assert big.shape == (1, 1, 8, 8)
+    with pytest.raises(UserError, match="smaller"):
+        conditioning(model, 1, lowres=torch.zeros(1, 1, 2, 2))
