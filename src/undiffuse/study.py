@@ -454,7 +454,8 @@ def sample_peer(run_dir: Path, n: int, seed: int = 0, batch_size: int = 250) -> 
 # --- aggregation -----------------------------------------------------------------------------------------
 
 METRICS = ("modes_covered", "high_quality_share", "kl_mode_hist", "classifier_fd", "fid", "classes_covered",
-           "precision", "recall", "bits_per_dim", "nfe", "seconds_per_sample", "train_steps")  # fmt: skip
+           "precision", "recall", "bits_per_dim", "nfe", "seconds_per_sample", "cpu_seconds_per_sample",
+           "train_steps")  # fmt: skip
 
 
 def _stats(values: list[float]) -> Optional[dict]:
@@ -500,26 +501,57 @@ def summary_markdown(summary: dict) -> str:
     toys = [r for r in rows if r["dataset"].startswith("toy:")]
     if toys:
         lines += ["| data | model | seeds | modes covered | high-quality share | precision | recall | NLL bits/dim "
-                  "(continuous) | NFE / sample | s / sample | train steps | collapsed |",
+                  "(continuous) | NFE / sample | CPU s / sample | train steps | collapsed |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in toys:
             lines.append(f"| {r['dataset']} | {r['model']} | {len(r['seeds'])} | {_cell(r, 'modes_covered')} | "
                          f"{_cell(r, 'high_quality_share', pct=True)} | {_cell(r, 'precision')} | {_cell(r, 'recall')} | "
-                         f"{_cell(r, 'bits_per_dim')} | {_cell(r, 'nfe', '{:.0f}')} | {_cell(r, 'seconds_per_sample', '{:.2e}')} | "
+                         f"{_cell(r, 'bits_per_dim')} | {_cell(r, 'nfe', '{:.0f}')} | {_cell(r, 'cpu_seconds_per_sample', '{:.2e}')} | "
                          f"{_cell(r, 'train_steps', '{:.0f}')} | {', '.join(r['collapsed']) or 'none'} |")  # fmt: skip
         lines.append("")
     imgs = [r for r in rows if not r["dataset"].startswith("toy:")]
     if imgs:
         lines += ["| data | model | seeds | classifier FD | FID | classes covered | precision | recall | NLL bits/dim "
-                  "(discrete) | NFE / sample | s / sample | train steps | collapsed |",
+                  "(discrete) | NFE / sample | CPU s / sample | train steps | collapsed |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in imgs:
             lines.append(f"| {r['dataset']} | {r['model']} | {len(r['seeds'])} | {_cell(r, 'classifier_fd')} | "
                          f"{_cell(r, 'fid')} | {_cell(r, 'classes_covered', '{:.0f}')} | {_cell(r, 'precision')} | "
                          f"{_cell(r, 'recall')} | {_cell(r, 'bits_per_dim')} | {_cell(r, 'nfe', '{:.0f}')} | "
-                         f"{_cell(r, 'seconds_per_sample', '{:.2e}')} | {_cell(r, 'train_steps', '{:.0f}')} | "
+                         f"{_cell(r, 'cpu_seconds_per_sample', '{:.2e}')} | {_cell(r, 'train_steps', '{:.0f}')} | "
                          f"{', '.join(r['collapsed']) or 'none'} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+# --- sampling cost on a quiet footing --------------------------------------------------------------------
+
+
+def measure_cost(out_dir: str | os.PathLike, n_toy: int = 200, n_image: int = 50, log=print) -> None:
+    """CPU seconds per sample (one thread, ``time.process_time``) of every finished unit's model, on ``n``
+    samples, written into its JSON as ``cpu_seconds_per_sample``: wall-clock times on a shared machine
+    measure the other jobs as much as the model."""
+    out = Path(out_dir)
+    torch.set_num_threads(1)
+    for r in load_results(out):
+        if "cpu_seconds_per_sample" in r or r.get("nfe") is None:
+            continue
+        unit, run_dir = Unit(**r["unit"]), out / "runs" / r["name"]
+        if not run_dir.is_dir():
+            continue
+        toy = unit.dataset.startswith("toy:")
+        n = n_toy if toy else n_image
+        c0 = time.process_time()
+        if unit.model == "diffusers":
+            sample_peer(run_dir, n, seed=1, batch_size=n)
+        else:
+            from undiffuse.evaluation.report import sample_run
+
+            sampler, steps = TOY_SAMPLER if toy else FMNIST_SAMPLER
+            sample_run(run_dir, range(n), 1, sampler=sampler, steps=steps, batch_size=n, device="cpu")
+        r["cpu_seconds_per_sample"] = (time.process_time() - c0) / n
+        r["cpu_cost_protocol"] = f"{n} samples in one batch, 1 torch thread, process CPU time (model loading included)"
+        log(f"[study] cost of {r['name']}: {r['cpu_seconds_per_sample']:.3g} CPU s / sample")
+        _write_json(out / f"{r['name']}.json", r)
 
 
 # --- FID stage and plots -----------------------------------------------------------------------------------
@@ -589,7 +621,7 @@ def plot_study(out_dir: str | os.PathLike, image_dir: str | os.PathLike) -> list
         written.append(path)
     summary = aggregate(results)
     for dataset_kind, metrics in (("toy", ("modes_covered", "high_quality_share", "precision", "recall")),
-                                  ("fmnist", ("classifier_fd", "precision", "recall", "seconds_per_sample"))):  # fmt: skip
+                                  ("fmnist", ("classifier_fd", "precision", "recall", "cpu_seconds_per_sample"))):  # fmt: skip
         rows = [r for r in summary["rows"] if r["dataset"].startswith("toy:") == (dataset_kind == "toy")]
         if not rows:
             continue
@@ -604,8 +636,8 @@ def plot_study(out_dir: str | os.PathLike, image_dir: str | os.PathLike) -> list
             ax.bar(range(len(rows)), means, yerr=[lo, hi], color=colors, capsize=3)
             ax.set_xticks(range(len(rows)))
             ax.set_xticklabels(labels, fontsize=7)
-            ax.set_title(m.replace("_", " ") + (" (log)" if m == "seconds_per_sample" else ""), fontsize=10)
-            if m == "seconds_per_sample":
+            ax.set_title(m.replace("_", " ") + (" (log)" if m == "cpu_seconds_per_sample" else ""), fontsize=10)
+            if m == "cpu_seconds_per_sample":
                 ax.set_yscale("log")
         fig.suptitle("mean over seeds; bars: min–max", fontsize=9)
         fig.tight_layout()

@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         names = [study.Unit(study.FMNIST, m, 0).name for m in study.FMNIST_MODELS]
         study.run_fid(args.out, names, args.fid, args.fid_ref)
         study.run_study(args.out, [], settings)  # refresh the summary with the FIDs
+    study.measure_cost(args.out)  # CPU seconds per sample, one thread, for units that lack it
+    study.run_study(args.out, [], settings)  # the summary with the costs
     for path in study.plot_study(args.out, args.plots):
         print(f"wrote {path}")
     print(f"results in {args.out}/summary.md")

@@ -425,7 +425,7 @@ def sample_run(
     Returns (x [len(indices), ...] float32 CPU, info dict(kind, nfe per sample, seconds, seconds_per_sample)).
     """
     idx = [int(i) for i in indices]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if is_baseline_run(run_dir):
         from undiffuse.baselines import load_baseline
         from undiffuse.baselines.train import _latents
@@ -448,8 +448,9 @@ def sample_run(
         m = model if model is not None else api.load(run_dir, device=device)
         x, info = _sample_diffusion(m, idx, seed, sampler, steps, eta, batch_size)
         info["kind"] = "diffusion"
-    seconds = time.perf_counter() - t0
-    info.update(seconds=seconds, seconds_per_sample=seconds / max(len(idx), 1), n=len(idx))
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    info.update(seconds=seconds, seconds_per_sample=seconds / max(len(idx), 1), n=len(idx), cpu_seconds=cpu,
+                cpu_seconds_per_sample=cpu / max(len(idx), 1), threads=torch.get_num_threads())  # fmt: skip
     return x, info
 
 
