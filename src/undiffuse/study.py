@@ -637,7 +637,7 @@ def plot_study(out_dir: str | os.PathLike, image_dir: str | os.PathLike) -> list
             ax.set_xticks(range(len(rows)))
             ax.set_xticklabels(labels, fontsize=7)
             ax.set_title(m.replace("_", " ") + (" (log)" if m == "cpu_seconds_per_sample" else ""), fontsize=10)
-            if m == "cpu_seconds_per_sample":
+            if m == "cpu_seconds_per_sample" and any(np.isfinite(v) and v > 0 for v in means):
                 ax.set_yscale("log")
         fig.suptitle("mean over seeds; bars: min–max", fontsize=9)
         fig.tight_layout()
