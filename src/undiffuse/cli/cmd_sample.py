@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--class", dest="class_label", type=int, default=None, help="class label (class-conditional runs)")
     p.add_argument("--prompt", default=None, help="text prompt (text-conditional runs)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale w (0: unconditional, 1: conditional)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="Imagen dynamic thresholding of x̂_0 at this percentile (e.g. 0.995) instead of clipping; for high --guidance")
+    p.add_argument("--lowres", default=None, help="low-resolution input image (super-resolution runs, model.sr_from)")
     p.add_argument("--gif", default=None, help="also write an animated GIF of the denoising trajectory (x̂_0 of the first 16 samples)")
     p.add_argument("--out", required=True, help="output: grid.png, samples.npy or a directory ending in /")
     add_device(p)
@@ -49,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     frames: list = []
     callback = _trajectory(frames) if args.gif else None
     info: dict = {}
-    kw = api.conditioning(model, args.n, args.class_label, args.prompt, args.guidance) if hasattr(api, "conditioning") else {}
+    kw = api.conditioning(model, args.n, args.class_label, args.prompt, args.guidance, args.lowres)
+    if args.threshold is not None:
+        kw["threshold"] = args.threshold
     if not kw and (args.class_label is not None or args.prompt is not None):
         raise UserError("this run is unconditional — drop --class/--prompt")
     x = api.sample(model, args.n, args.seed, sampler=args.sampler, steps=args.steps, eta=args.eta,
