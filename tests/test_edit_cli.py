@@ -91,3 +91,18 @@ def test_missing_image_is_refused(setup, capsys):
     run, root, _, _ = setup
     assert run_cli("edit", run, "--image", root / "nope.png", "--out", root / "x.png") == 2
     assert "no such image" in capsys.readouterr().err
+
+
+def test_super_resolution_run_samples_from_a_low_res_image(setup, tmp_path, capsys):
+    _, root, img, _ = setup
+    run = tmp_path / "sr"
+    assert run_cli("train", "--data", "digits", "--preset", "digits-tiny", "--out", run, "--steps", "2",
+                   "--set", "model.sr_from=4", *TINY) == 0  # fmt: skip
+    Image.fromarray(img[::2, ::2].copy()).save(tmp_path / "low.png")  # 4×4
+    assert run_cli("sample", run, "--lowres", tmp_path / "low.png", "--n", "2", "--steps", "3",
+                   "--out", tmp_path / "sr.png") == 0  # fmt: skip
+    assert run_cli("sample", run, "--n", "2", "--steps", "3", "--out", tmp_path / "sr.png") == 2
+    assert "low-res" in capsys.readouterr().err
+    # editing a super-resolution run conditions on the input itself
+    assert run_cli("edit", run, "--image", root / "in.png", "--strength", "0.5", "--steps", "3",
+                   "--out", tmp_path / "e.png") == 0  # fmt: skip
