@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import sys
 from typing import Optional, Union
 
 import torch
@@ -88,17 +89,26 @@ def _train_rows(case: str, preset: str, batch: int, dev: torch.device, quick: bo
         fns = {"undiffuse": trainer_fn(su)}
         if diff:
             fns["diffusers"] = trainer_fn(sd)
-        times = interleaved(fns, repeats, warmup, dev)
+        cpu: dict = {}
+        times = interleaved(fns, repeats, warmup, dev, cpu)
         del fns
         ips = {k: batch / median(v) for k, v in times.items()}
         rows.append(row(f"train_speedup{tag}{suffix}", "img/s", ips["undiffuse"], ips.get("diffusers"),
-                        f"{preset}, batch {batch}; {note}; median of {repeats}"))  # fmt: skip
+                        f"{preset}, batch {batch}; {note}; median of {repeats}{_cpu_note(cpu, dev)}"))  # fmt: skip
         if memory and suffix != "_fp32":
             mu, md = peak_memory_mb(su), (peak_memory_mb(sd) if diff else None)
             kind = "max allocated" if dev.type == "cuda" else "peak RSS of a fresh process"
             rows.append(row(f"train_memory{tag}{suffix}", "MB", mu, md,
                             f"{kind}; speedup = diffusers ÷ undiffuse", higher_is_better=False))  # fmt: skip
     return rows
+
+
+def _cpu_note(cpu: dict, dev: torch.device) -> str:
+    """On CPU, the ratio of median process CPU times (diffusers ÷ undiffuse): what the wall-clock
+    speedup would be without other load on the machine."""
+    if dev.type != "cpu" or len(cpu) < 2:
+        return ""
+    return f"; CPU-time ratio {median(cpu['diffusers']) / median(cpu['undiffuse']):.2f}×"
 
 
 def with_options_(o: TrainOptions, **kw) -> TrainOptions:
@@ -127,7 +137,8 @@ def _sample_rows(preset: str, batch: int, dev: torch.device, quick: bool, repeat
         built = {"undiffuse": sampler_fn(su, 50, run_steps)}
         if diff:
             built["diffusers"] = sampler_fn(sd, 50, run_steps)
-        times = interleaved({k: v[0] for k, v in built.items()}, repeats, warmup, dev)
+        cpu: dict = {}
+        times = interleaved({k: v[0] for k, v in built.items()}, repeats, warmup, dev, cpu)
         steps_run = run_steps or 50
         nfe = {k: c.nfe // (warmup + repeats) for k, (_, c) in built.items()}
         ips = {k: batch / (median(v) * 50 / steps_run) for k, v in times.items()}
@@ -138,7 +149,7 @@ def _sample_rows(preset: str, batch: int, dev: torch.device, quick: bool, repeat
         )
         rows.append(row(f"sample_speedup{suffix}", "img/s", ips["undiffuse"], ips.get("diffusers"),
                         f"{preset}, DDIM 50 steps (trailing), batch {batch}; {note}; {how}; "
-                        f"counted NFE per run {nfe}; median of {repeats}"))  # fmt: skip
+                        f"counted NFE per run {nfe}; median of {repeats}{_cpu_note(cpu, dev)}"))  # fmt: skip
     return rows
 
 
@@ -153,6 +164,7 @@ def run_bench(
     memory: bool = True,
     quality_samples: Optional[int] = None,
     oracle: bool = True,
+    threads: Optional[int] = None,
     echo: bool = True,
 ) -> dict:
     """Run the side-by-side benchmark and return the result dict (also written to ``out_dir``).
@@ -170,14 +182,24 @@ def run_bench(
             Gaussian-mixture toy run uses at least the protocol's 2,500).
         oracle: also the quality rows on the exact denoiser of the 25-Gaussian mixture (no training
             needed: every sampler's error against the converged PF-ODE solution, and mode coverage).
-        echo: print the markdown table.
+        threads: torch CPU threads for the run (default: torch's). On a CPU shared with other jobs,
+            1 thread avoids OpenMP barrier stalls that otherwise dominate and randomise the timings.
+        echo: print the markdown table (and each row on stderr as it is measured).
     """
+    if threads is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run_bench(quick, device, out_dir, run_dirs, tiny=tiny, repeats=repeats, memory=memory,
+                             quality_samples=quality_samples, oracle=oracle, echo=echo)  # fmt: skip
+        finally:
+            torch.set_num_threads(before)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     diff = _has_diffusers()
     mode = "cuda" if dev.type == "cuda" else ("quick" if quick else "full")
     repeats = repeats or (2 if tiny else 5)
     warmup = 1 if (tiny or quick) else 3
-    rows: list[dict] = []
+    rows = _Rows(echo)
     cases = {"tiny": ("tiny", {mode: 4})} if tiny else CASES
     for case, (preset, batches) in cases.items():
         rows += _train_rows(case, preset, batches[mode], dev, quick, repeats, warmup, diff, memory)
@@ -211,7 +233,7 @@ def run_bench(
             "torch_threads": torch.get_num_threads(),
             "undiffuse_train_defaults": default_train_options(dev).to_dict(),
         },  # fmt: skip
-        "results": rows,
+        "results": list(rows),
         "quality": quality,
         "summary": _summary(rows, diff),
     }
@@ -220,6 +242,22 @@ def run_bench(
     if echo:
         print(format_table(result))
     return result
+
+
+class _Rows(list):
+    """The result rows; with ``echo``, each is reported on stderr as it is measured."""
+
+    def __init__(self, echo: bool) -> None:
+        super().__init__()
+        self.echo = echo
+
+    def __iadd__(self, new):
+        for r in new:
+            if self.echo:
+                print(f"[bench] {r['name']}: undiffuse {r['undiffuse']}, diffusers {r['diffusers']}, "
+                      f"speedup {r['speedup']}", file=sys.stderr, flush=True)  # fmt: skip
+            self.append(r)
+        return self
 
 
 def _summary(rows: list[dict], diff: bool) -> str:

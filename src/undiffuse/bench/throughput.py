@@ -227,10 +227,11 @@ def sampler_fn(setup: Setup, steps: int = 50, run_steps: Optional[int] = None, s
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, device
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, device, cpu_times: Optional[dict] = None
 ) -> dict[str, list[float]]:
     """Wall times (s) of each closure: ``warmup`` untimed rounds, then ``repeats`` timed rounds in
-    which the closures alternate (order reversed every round)."""
+    which the closures alternate (order reversed every round). ``cpu_times``, if given, receives the
+    process CPU times of the same calls (a load-independent cross-check on a shared CPU)."""
     dev = torch.device(device)
     names = list(fns)
     for _ in range(warmup):
@@ -241,10 +242,12 @@ def interleaved(
     for r in range(repeats):
         for k in names if r % 2 == 0 else names[::-1]:
             _sync(dev)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fns[k]()
             _sync(dev)
             times[k].append(time.perf_counter() - t0)
+            if cpu_times is not None:
+                cpu_times.setdefault(k, []).append(time.process_time() - c0)
     return times
 
 
@@ -296,7 +299,10 @@ def peak_memory_mb(setup: Setup, steps: int = 2) -> Optional[float]:
 
 
 def _memory_main(argv: list[str]) -> None:
-    torch.set_num_threads(torch.get_num_threads())
+    try:  # both sides import the same modules, so the peak differs only by what training holds
+        import diffusers  # noqa: F401
+    except ImportError:
+        pass
     setup, steps = Setup.from_dict(json.loads(argv[0])), int(argv[1])
     step = trainer_fn(setup)
     for _ in range(steps):
