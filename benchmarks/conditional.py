@@ -12,6 +12,7 @@ trained once on the training set (cached next to the runs):
 - inpainting (class model): max error on the known region, classifier agreement of the filled image
   with the original's class (unguided and guided by the true label);
 - DDIM inversion + reconstruction: RMSE against the number of steps;
+- dynamic thresholding (Imagen, percentile 0.995) instead of clipping at w ≥ 4 (``--only threshold``);
 - grids: samples per class and per held-out prompt.
 
 Writes ``benchmarks/results/conditional.json`` and ``docs/images/cond_*.png``; prints Markdown tables.
@@ -118,6 +119,11 @@ def main() -> None:
     if cm is not None and "class" in only:
         make = lambda w: (conditioning(cm, a.n, labels_n, None, w), labels_n)
         results["class_sweep"] = sweep(cm, clf, ws, a.n, a.steps, a.sampler, ref_feats, real_pr, make, "class")
+
+    if cm is not None and "threshold" in only:  # Imagen's dynamic thresholding at high guidance
+        make = lambda w: ({**conditioning(cm, a.n, labels_n, None, w), "threshold": 0.995}, labels_n)
+        results["class_threshold_sweep"] = sweep(cm, clf, [w for w in ws if w >= 4], a.n, a.steps, a.sampler,
+                                                 ref_feats, real_pr, make, "class, dynamic thresholding")  # fmt: skip
 
     heldout = caption_templates("heldout")
     if tm is not None and "text" in only:
