@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--n-inv", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="tiny settings to check the script")
-    ap.add_argument("--only", default="class,text,inpaint,invert,grids")
+    ap.add_argument("--only", default="class,text,inpaint,invert,threshold,grids")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "conditional.json"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
