@@ -107,3 +107,24 @@ def test_interleaved_alternates_and_counts():
     net = throughput.CountingNet(torch.nn.Identity())
     net(torch.zeros(1))
     assert net.nfe == 1
+
+
+def test_add_quality_extends_a_result_file(tmp_path):
+    from undiffuse.data.toys import toy_modes
+    from undiffuse.diffusion.oracles import GaussianMixtureOracle
+    from undiffuse.schedules import make_schedule
+
+    path = tmp_path / "r.json"
+    base = {
+        "device": report.device_name("cpu"),
+        "versions": report.versions(),
+        "results": [report.row("x", "img/s", 1.0, 1.0)],
+    }
+    path.write_text(json.dumps(base))
+    means, std = toy_modes("25gaussians")
+    run = (GaussianMixtureOracle(means, std), make_schedule("linear", 1000), (2,), (means, std))
+    kw = dict(nfes=(5,), grids=("trailing",), reference_steps=50, samplers=("ddim",))
+    res = bench.add_quality(path, {"toy": run}, "cpu", n=16, echo=False, **kw)
+    names = [r["name"] for r in json.loads(path.read_text())["results"]]
+    assert names[0] == "x" and "quality_toy_err@5" in names and "quality_toy_modes@5" in names
+    assert (tmp_path / "r.md").is_file() and "toy" in res["quality"]

@@ -32,7 +32,7 @@ from undiffuse.bench.throughput import (
 )
 from undiffuse.speed import TrainOptions, bf16_supported, default_sample_options, default_train_options
 
-__all__ = ["run_bench", "format_table"]
+__all__ = ["add_quality", "format_table", "run_bench"]
 
 #: network preset and batch sizes per mode: (tiny test, quick CPU, full CPU, CUDA)
 CASES = {
@@ -239,6 +239,39 @@ def run_bench(
     }
     if out_dir is not None:
         result["files"] = [str(p) for p in write_results(result, out_dir, dev)]
+    if echo:
+        print(format_table(result))
+    return result
+
+
+def add_quality(
+    json_path: Union[str, os.PathLike],
+    run_dirs: dict,
+    device: Union[str, torch.device, None] = None,
+    *,
+    n: int = 64,
+    echo: bool = True,
+    **quality_kw,
+) -> dict:
+    """Add the quality rows of trained runs to an existing result file (same device), replacing rows
+    of the same names, and rewrite its JSON and markdown. For runs trained after the speed run."""
+    import json
+    from pathlib import Path
+
+    from undiffuse.bench.quality import quality_rows
+
+    path = Path(json_path)
+    result = json.loads(path.read_text())
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device_name(dev).split(" (")[0] != result["device"].split(" (")[0]:
+        raise ValueError(f"{path} was measured on {result['device']}, not on {device_name(dev)}")
+    for label, run in run_dirs.items():
+        rows, details = quality_rows(run, label, dev, n=n, with_diffusers=_has_diffusers(), **quality_kw)
+        names = {r["name"] for r in rows}
+        result["results"] = [r for r in result["results"] if r["name"] not in names] + rows
+        result.setdefault("quality", {})[label] = {**details, "run": str(run)}
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    path.with_suffix(".md").write_text(format_table(result))
     if echo:
         print(format_table(result))
     return result
