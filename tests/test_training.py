@@ -107,8 +107,8 @@ def test_configuration_variants_train_and_sample(tmp_path, variant):
 
 
 def test_grad_accumulation_matches_full_batch(tmp_path):
-    a = train(tiny(), tmp_path / "a", steps=4, progress=False)
-    b = train(tiny("train.grad_accum=4"), tmp_path / "b", steps=4, progress=False)
+    a = train(tiny("train.precision=fp32"), tmp_path / "a", steps=4, progress=False)
+    b = train(tiny("train.precision=fp32", "train.grad_accum=4"), tmp_path / "b", steps=4, progress=False)
     wa, wb = weights(a.run_dir, 4), weights(b.run_dir, 4)
     for k in wa["model"]:
         torch.testing.assert_close(wa["model"][k], wb["model"][k], atol=1e-5, rtol=1e-4)

@@ -195,8 +195,8 @@ class TrainConfig:
     ema_halflife_kimg: EMA half-life in thousands of training examples (batch-size invariant:
         β = 0.5^(batch / (1000·halflife)), Karras et al. 2022); ``ema_warmup`` caps the half-life at
         ``ema_warmup`` × examples seen so far (0 disables).
-    precision: fp32 | bf16 | fp16 | auto (bf16 autocast on CUDA where supported, fp16 + GradScaler
-        where not, fp32 on CPU/MPS).
+    precision: fp32 | bf16 | fp16 | auto (bf16 autocast where the device has native bf16 — CUDA
+        Ampere+, CPUs with AVX512-BF16/AMX —, fp16 + GradScaler on older CUDA, fp32 elsewhere).
     cond_drop: probability of dropping the class label or caption (classifier-free guidance), if
         class_cond or text_cond.
     *_every: intervals in optimizer steps (0 disables); keep_last: checkpoints kept.

@@ -17,7 +17,8 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import sys
-from typing import Optional, Union
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -50,13 +51,13 @@ def _has_diffusers() -> bool:
     return True
 
 
-def _best_options(dev: torch.device, quick: bool) -> TrainOptions:
+def _best_options(dev: torch.device, quick: bool, compile_best: bool = True) -> TrainOptions:
     """The best path, given to both libraries alike: bf16 autocast where the hardware has native bf16,
     channels_last on CUDA (on CPU oneDNN gains nothing from it here), fused AdamW, and
     ``torch.compile`` unless quick."""
     prec = "bf16" if bf16_supported(dev) else ("fp16" if dev.type == "cuda" else "fp32")
     return TrainOptions(channels_last=dev.type == "cuda", precision=prec, fused_adamw=True,
-                        compile_mode=None if quick else "default")  # fmt: skip
+                        compile_mode="default" if compile_best and not quick else None)  # fmt: skip
 
 
 def _opts_note(o: TrainOptions) -> str:
@@ -65,27 +66,36 @@ def _opts_note(o: TrainOptions) -> str:
     return "+".join(parts + ([f"compile({o.compile_mode})"] if o.compile_mode else ["eager"]))
 
 
-def _train_rows(case: str, preset: str, batch: int, dev: torch.device, quick: bool, repeats: int,
-                warmup: int, diff: bool, memory: bool) -> list[dict]:  # fmt: skip
+def _train_jobs(case: str, preset: str, batch: int, dev: torch.device, quick: bool, repeats: int,
+                warmup: int, diff: bool, memory: bool, compile_best: bool) -> list["_Job"]:  # fmt: skip
+    """One job per row pair: out of the box, same precision, fp32 both (when undiffuse's default is not
+    fp32), and the best path (compiled unless ``compile_best`` is False)."""
     ours = default_train_options(dev)
-    best = _best_options(dev, quick)
+    best = _best_options(dev, quick, compile_best)
     theirs_default = TrainOptions(channels_last=False, precision="fp32", fused_adamw=False)
+    theirs_same = TrainOptions(channels_last=False, precision=ours.precision, fused_adamw=False)
     d = str(dev)
     pairs = {  # row suffix → (undiffuse setup, diffusers setup, note)
         "": (Setup("undiffuse", preset, batch, d, ours),
              Setup("diffusers", preset, batch, d, theirs_default, torch_default_adamw=True),
-             f"out of the box, eager: undiffuse {_opts_note(ours)} vs diffusers fp32+NCHW+torch AdamW"),
+             f"out of the box, eager: undiffuse {_opts_note(ours)} (its trainer's precision=auto) vs diffusers "
+             "fp32+NCHW+torch AdamW (its training example's default mixed_precision=no)"),
+        "_same_precision": (Setup("undiffuse", preset, batch, d, ours),
+                            Setup("diffusers", preset, batch, d, theirs_same, torch_default_adamw=True),
+                            f"undiffuse out of the box vs diffusers eager at the same precision ({ours.precision}"
+                            " autocast, NCHW, torch AdamW)"),
         "_fp32": (Setup("undiffuse", preset, batch, d, with_options_(ours, precision="fp32")),
                   Setup("diffusers", preset, batch, d, theirs_default, torch_default_adamw=True),
-                  "same precision (fp32) both; undiffuse defaults otherwise"),
+                  "fp32 both, eager; undiffuse defaults otherwise"),
         "_best": (Setup("undiffuse", preset, batch, d, best), Setup("diffusers", preset, batch, d, best),
                   f"best path, same options both: {_opts_note(best)}"),
     }  # fmt: skip
-    if ours.precision == "fp32":
-        pairs.pop("_fp32")  # identical to the out-of-the-box row
+    if ours.precision == "fp32":  # both identical to the out-of-the-box row
+        pairs.pop("_fp32")
+        pairs.pop("_same_precision")
     tag = "" if case == "cifar10" else f"_{case}"
-    rows = []
-    for suffix, (su, sd, note) in pairs.items():
+
+    def measure(suffix: str, su: Setup, sd: Setup, note: str) -> list[dict]:
         fns = {"undiffuse": trainer_fn(su)}
         if diff:
             fns["diffusers"] = trainer_fn(sd)
@@ -93,14 +103,18 @@ def _train_rows(case: str, preset: str, batch: int, dev: torch.device, quick: bo
         times = interleaved(fns, repeats, warmup, dev, cpu)
         del fns
         ips = {k: batch / median(v) for k, v in times.items()}
-        rows.append(row(f"train_speedup{tag}{suffix}", "img/s", ips["undiffuse"], ips.get("diffusers"),
-                        f"{preset}, batch {batch}; {note}; median of {repeats}{_cpu_note(cpu, dev)}"))  # fmt: skip
-        if memory and suffix != "_fp32":
+        rows = [row(f"train_speedup{tag}{suffix}", "img/s", ips["undiffuse"], ips.get("diffusers"),
+                    f"{preset}, batch {batch}; {note}; median of {repeats}{_cpu_note(cpu, dev)}")]  # fmt: skip
+        if memory and suffix in ("", "_best") and not su.opts.compile_mode:  # (a compiled twin would compile again)
             mu, md = peak_memory_mb(su), (peak_memory_mb(sd) if diff else None)
             kind = "max allocated" if dev.type == "cuda" else "peak RSS of a fresh process"
             rows.append(row(f"train_memory{tag}{suffix}", "MB", mu, md,
                             f"{kind}; speedup = diffusers ÷ undiffuse", higher_is_better=False))  # fmt: skip
-    return rows
+        return rows
+
+    return [_Job(f"train_speedup{tag}{suffix}", bool(su.opts.compile_mode),
+                 lambda suffix=suffix, su=su, sd=sd, note=note: measure(suffix, su, sd, note))
+            for suffix, (su, sd, note) in pairs.items()]  # fmt: skip
 
 
 def _cpu_note(cpu: dict, dev: torch.device) -> str:
@@ -117,23 +131,29 @@ def with_options_(o: TrainOptions, **kw) -> TrainOptions:
     return replace(o, **kw)
 
 
-def _sample_rows(preset: str, batch: int, dev: torch.device, quick: bool, repeats: int, warmup: int,
-                 diff: bool, run_steps: Optional[int]) -> list[dict]:  # fmt: skip
+def _sample_jobs(preset: str, batch: int, dev: torch.device, quick: bool, repeats: int, warmup: int,
+                 diff: bool, run_steps: Optional[int], compile_best: bool) -> list["_Job"]:  # fmt: skip
     d = str(dev)
     plain = default_sample_options(dev)
-    best = with_options_(_best_options(dev, quick), fused_adamw=False)
+    best = with_options_(_best_options(dev, quick, compile_best), fused_adamw=False)
     cuda = dev.type == "cuda"
     pairs = {
         "": (Setup("undiffuse", preset, batch, d, plain), Setup("diffusers", preset, batch, d, TrainOptions()),
-             f"out of the box, eager: undiffuse {plain.precision} vs diffusers fp32"),
+             f"out of the box, eager: undiffuse {plain.precision}{'+channels_last' if plain.channels_last else ''} "
+             "vs diffusers fp32"),
+        "_same_precision": (Setup("undiffuse", preset, batch, d, plain),
+                            Setup("diffusers", preset, batch, d, TrainOptions(precision=plain.precision)),
+                            f"undiffuse out of the box vs diffusers eager at the same precision ({plain.precision})"),
         "_best": (Setup("undiffuse", preset, batch, d, best, cuda_graph=cuda),
                   Setup("diffusers", preset, batch, d, best, cuda_graph=cuda),
                   f"best path, same options both: {best.precision}"
                   f"{'+channels_last' if best.channels_last else ''}"
                   f"{'+compile' if best.compile_mode else ''}{'+CUDA graph' if cuda else ''}"),
     }  # fmt: skip
-    rows = []
-    for suffix, (su, sd, note) in pairs.items():
+    if plain.precision == "fp32":
+        pairs.pop("_same_precision")
+
+    def measure(suffix: str, su: Setup, sd: Setup, note: str) -> list[dict]:
         built = {"undiffuse": sampler_fn(su, 50, run_steps)}
         if diff:
             built["diffusers"] = sampler_fn(sd, 50, run_steps)
@@ -147,10 +167,23 @@ def _sample_rows(preset: str, batch: int, dev: torch.device, quick: bool, repeat
             if steps_run == 50
             else f"{steps_run} of the 50 steps timed, × {50 / steps_run:g}"
         )
-        rows.append(row(f"sample_speedup{suffix}", "img/s", ips["undiffuse"], ips.get("diffusers"),
-                        f"{preset}, DDIM 50 steps (trailing), batch {batch}; {note}; {how}; "
-                        f"counted NFE per run {nfe}; median of {repeats}{_cpu_note(cpu, dev)}"))  # fmt: skip
-    return rows
+        return [row(f"sample_speedup{suffix}", "img/s", ips["undiffuse"], ips.get("diffusers"),
+                    f"{preset}, DDIM 50 steps (trailing), batch {batch}; {note}; {how}; "
+                    f"counted NFE per run {nfe}; median of {repeats}{_cpu_note(cpu, dev)}")]  # fmt: skip
+
+    return [_Job(f"sample_speedup{suffix}", bool(su.opts.compile_mode) or su.cuda_graph,
+                 lambda suffix=suffix, su=su, sd=sd, note=note: measure(suffix, su, sd, note))
+            for suffix, (su, sd, note) in pairs.items()]  # fmt: skip
+
+
+@dataclass
+class _Job:
+    """One measurement (a row pair): its name, whether it compiles or captures graphs (run last), and
+    the closure that returns its rows."""
+
+    name: str
+    slow: bool
+    run: Callable[[], list]
 
 
 def run_bench(
@@ -165,6 +198,7 @@ def run_bench(
     quality_samples: Optional[int] = None,
     oracle: bool = True,
     threads: Optional[int] = None,
+    compile_best: bool = True,
     echo: bool = True,
 ) -> dict:
     """Run the side-by-side benchmark and return the result dict (also written to ``out_dir``).
@@ -184,14 +218,19 @@ def run_bench(
             needed: every sampler's error against the converged PF-ODE solution, and mode coverage).
         threads: torch CPU threads for the run (default: torch's). On a CPU shared with other jobs,
             1 thread avoids OpenMP barrier stalls that otherwise dominate and randomise the timings.
+        compile_best: use ``torch.compile`` in the best paths (not in quick mode).
         echo: print the markdown table (and each row on stderr as it is measured).
+
+    Eager measurements run first and compiled / CUDA-graph ones last; a measurement that fails becomes
+    a row with unit "failed" and the error, and the JSON is rewritten after every measurement.
     """
     if threads is not None:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             return run_bench(quick, device, out_dir, run_dirs, tiny=tiny, repeats=repeats, memory=memory,
-                             quality_samples=quality_samples, oracle=oracle, echo=echo)  # fmt: skip
+                             quality_samples=quality_samples, oracle=oracle, compile_best=compile_best,
+                             echo=echo)  # fmt: skip
         finally:
             torch.set_num_threads(before)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -200,28 +239,68 @@ def run_bench(
     repeats = repeats or (2 if tiny else 5)
     warmup = 1 if (tiny or quick) else 3
     rows = _Rows(echo)
+    jobs: list[_Job] = []
     cases = {"tiny": ("tiny", {mode: 4})} if tiny else CASES
     for case, (preset, batches) in cases.items():
-        rows += _train_rows(case, preset, batches[mode], dev, quick, repeats, warmup, diff, memory)
+        jobs += _train_jobs(
+            case, preset, batches[mode], dev, quick, repeats, warmup, diff, memory, compile_best
+        )
     s_preset = "tiny" if tiny else "ddpm-cifar10"
     s_batch = 4 if tiny else SAMPLE_BATCH[mode]
     run_steps = 2 if (tiny or (quick and dev.type == "cpu")) else None
-    rows += _sample_rows(s_preset, s_batch, dev, quick, repeats, warmup, diff, run_steps)
+    jobs += _sample_jobs(s_preset, s_batch, dev, quick, repeats, warmup, diff, run_steps, compile_best)
     quality: dict = {}
     if oracle:
-        from undiffuse.bench.quality import oracle_quality
 
-        q_rows, quality["gmm25-oracle"] = oracle_quality(dev, n=100 if tiny else (500 if quick else 2500), tiny=tiny,
-                                                         with_diffusers=diff)  # fmt: skip
-        rows += q_rows
-    if run_dirs:
-        from undiffuse.bench.quality import quality_rows
+        def oracle_job() -> list:
+            from undiffuse.bench.quality import oracle_quality
 
-        for label, path in run_dirs.items():
+            q_rows, quality["gmm25-oracle"] = oracle_quality(dev, n=100 if tiny else (500 if quick else 2500),
+                                                             tiny=tiny, with_diffusers=diff)  # fmt: skip
+            return q_rows
+
+        jobs.append(_Job("quality_gmm25_oracle", False, oracle_job))
+    for label, path in (run_dirs or {}).items():
+
+        def run_job(label=label, path=path) -> list:
+            from undiffuse.bench.quality import quality_rows
+
             q_rows, quality[label] = quality_rows(path, label, dev, n=quality_samples or (64 if quick else 256),
                                                   with_diffusers=diff)  # fmt: skip
-            rows += q_rows
-    result = {
+            return q_rows
+
+        jobs.append(_Job(f"quality_{label}", False, run_job))
+    result = _result(dev, quick, tiny, repeats, warmup, rows, quality, diff)
+    # eager measurements first, compiled / graph-captured ones last: a run cut short keeps the eager rows
+    for job in sorted(jobs, key=lambda j: j.slow):
+        try:
+            rows += job.run()
+        except Exception as e:  # one failed measurement (e.g. a compiler error) must not lose the others
+            if tiny:
+                raise
+            rows += [
+                row(
+                    job.name,
+                    "failed",
+                    None,
+                    None,
+                    f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}",
+                )
+            ]
+        if out_dir is not None:  # the results so far, rewritten after every measurement
+            result = _result(dev, quick, tiny, repeats, warmup, rows, quality, diff)
+            result["files"] = [str(p) for p in write_results(result, out_dir, dev)]
+    result = _result(dev, quick, tiny, repeats, warmup, rows, quality, diff)
+    if out_dir is not None:
+        result["files"] = [str(p) for p in write_results(result, out_dir, dev)]
+    if echo:
+        print(format_table(result))
+    return result
+
+
+def _result(dev: torch.device, quick: bool, tiny: bool, repeats: int, warmup: int, rows: list, quality: dict,
+            diff: bool) -> dict:  # fmt: skip
+    return {
         "device": device_name(dev),
         "date": _dt.date.today().isoformat(),
         "versions": versions(),
@@ -232,16 +311,11 @@ def run_bench(
             "warmup": warmup,
             "torch_threads": torch.get_num_threads(),
             "undiffuse_train_defaults": default_train_options(dev).to_dict(),
-        },  # fmt: skip
+        },
         "results": list(rows),
         "quality": quality,
         "summary": _summary(rows, diff),
     }
-    if out_dir is not None:
-        result["files"] = [str(p) for p in write_results(result, out_dir, dev)]
-    if echo:
-        print(format_table(result))
-    return result
 
 
 def add_quality(

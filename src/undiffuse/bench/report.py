@@ -18,6 +18,8 @@ from typing import Optional, Union
 
 import torch
 
+from undiffuse.io import atomic_path
+
 __all__ = ["device_name", "format_table", "row", "versions", "write_results"]
 
 
@@ -116,6 +118,9 @@ def write_results(
     date = result.get("date") or _dt.date.today().isoformat()
     stem = out / f"{date}-{_slug(device)}"
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-    json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    md_path.write_text(format_table(result))
+    text = json.dumps(result, indent=2, default=str) + "\n"
+    with atomic_path(json_path) as tmp:
+        Path(tmp).write_text(text)
+    with atomic_path(md_path) as tmp:
+        Path(tmp).write_text(format_table(result))
     return json_path, md_path

@@ -31,10 +31,10 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per (dataset, model) (default 3)")
     p.add_argument("--minutes", type=_positive_float, default=10.0,
                    help="Fashion-MNIST training budget per model, CPU minutes (default 10, the default run's)")
-    p.add_argument("--toy-seconds", type=_positive_float, default=30.0,
-                   help="toy training budget per model, CPU seconds (default 30)")
-    p.add_argument("--fmnist-samples", type=positive_int, default=1000, help="Fashion-MNIST samples per model for the "
-                   "classifier metrics (default 1000)")
+    p.add_argument("--toy-seconds", type=_positive_float, default=240.0,
+                   help="toy training budget per model, CPU seconds (default 240)")
+    p.add_argument("--fmnist-samples", type=positive_int, default=2000, help="Fashion-MNIST samples per model for the "
+                   "classifier metrics and FID (default 2000)")
     p.add_argument("--nll-n", type=positive_int, default=500, help="test examples for the NLL of each model (default 500)")
     p.add_argument("--fid", type=int, default=0, metavar="N", help="also Inception FID on N samples (≥ 2000 for the "
                    "protocol) of seed 0 of each Fashion-MNIST model (0: skip; ~5 img/s on CPU)")

@@ -188,7 +188,7 @@ def evaluate_samples(
         data_spec: the reference dataset (``undiffuse.data.load_dataset`` spec); images are compared at the
             samples' size (the data is resized when it differs).
         split: reference split ("test" or "train").
-        metrics: subset of IMAGE_METRICS / TOY_METRICS (default: all that apply).
+        metrics: subset of IMAGE_METRICS / TOY_METRICS (None: all that apply; () with ``fid``: FID/KID only).
         n_ref: reference examples for the classifier / data-space metrics (default: the whole split, at
             most 10,000).
         classifier_path: a saved SmallClassifier to use instead of the cached per-dataset one.
@@ -217,7 +217,7 @@ def evaluate_samples(
         raise UserError(f"samples have {x.shape[1]} dimensions but {data_spec} has {probe.shape[0]} — pass matching data")
     n_ref_eff = min(len(ref), n_ref if n_ref is not None else 10_000)
     x_ref = ref.x[:n_ref_eff]
-    wanted = set(metrics or (IMAGE_METRICS if ref.kind == "image" else TOY_METRICS))
+    wanted = set((IMAGE_METRICS if ref.kind == "image" else TOY_METRICS) if metrics is None else metrics)
     result: dict[str, Any] = {
         "data": data_spec,
         "kind": ref.kind,

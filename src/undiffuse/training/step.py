@@ -43,12 +43,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def resolve_precision(name: str, device: torch.device) -> tuple[Optional[torch.dtype], bool]:
     """(autocast dtype or None for fp32, whether to use a GradScaler).
 
-    auto: bf16 on CUDA devices that support it, fp16 + GradScaler on CUDA devices that do not,
-    fp32 elsewhere (CPU, MPS)."""
+    auto: :func:`undiffuse.speed.default_train_options` — bf16 autocast on devices with native bf16
+    (CUDA compute capability ≥ 8, CPUs with AVX512-BF16 or AMX), fp16 + GradScaler on older CUDA
+    devices, fp32 elsewhere. Weights, optimizer state and the loss stay fp32 under autocast."""
     if name == "auto":
-        if device.type != "cuda":
-            return None, False
-        name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        from undiffuse.speed import default_train_options
+
+        name = default_train_options(device).precision
     if name == "fp32":
         return None, False
     if name == "bf16":
