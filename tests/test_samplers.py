@@ -248,7 +248,9 @@ def test_sampler_contract(name, kw, dtype):
 
 def test_documented_nfe():
     grid = karras_sigmas(10, SIGMA_MIN, SIGMA_MAX)
-    assert expected_nfe("heun", grid) == 19 and expected_nfe("heun", grid[:-1]) == 18
+    assert expected_nfe("heun", grid, math.inf) == 19 and expected_nfe("heun", grid[:-1], math.inf) == 18
+    big = sum(float(a) / float(b) > 10 for a, b in zip(grid[:-2], grid[1:-1]))  # steps Heun takes as Euler
+    assert expected_nfe("heun", grid) == 19 - big and big == 1  # the last step before 0.002 → 0 has ratio 10.2
     assert all(expected_nfe(n, grid) == 10 for n in SAMPLERS if n != "heun")
     with pytest.raises(ValueError, match="unknown sampler"):
         sample("lms", GaussianOracle(), torch.zeros(1, 1), grid)
@@ -379,3 +381,28 @@ def test_edm_loss_is_lambda_weighted_x0_error_and_the_oracle_minimises_it():
     x = SIGMA_MAX * torch.randn(4, 2, generator=g, dtype=F64)
     grid = karras_sigmas(10, SIGMA_MIN, SIGMA_MAX)
     torch.testing.assert_close(sample_heun(oracle, x, grid), sample_heun(GaussianOracle(M, S), x, grid))
+
+
+def test_heun_takes_large_ratio_steps_as_euler():
+    """Over a step with σ_i/σ_{i+1} ≫ 1 the trapezoidal correction amplifies the change of D by
+    (σ_i/σ_{i+1} − 1)/2; with a cosine schedule (σ_T ≈ 2·10⁴) the textbook algorithm diverges on few-step
+    grids. The default takes such steps as Euler steps: it converges, and on grids without such steps it
+    is the textbook algorithm exactly."""
+    from undiffuse.data.toys import toy_modes
+    from undiffuse.schedules.grids import make_sigmas
+
+    means, std = toy_modes("25gaussians")
+    oracle = GaussianMixtureOracle(means.double(), std)
+    schedule = make_schedule("cosine", 1000)
+    x = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=F64) * math.sqrt(
+        1 + float(schedule.sigmas[-1]) ** 2
+    )
+    ref = sample_heun(oracle, x, make_sigmas(schedule, 400, "karras").double())
+    grid = make_sigmas(schedule, 25, "trailing").double()
+    err = lambda out: (out - ref).pow(2).sum(1).sqrt().mean().item()
+    guarded, textbook = sample_heun(oracle, x, grid), sample_heun(oracle, x, grid, max_ratio=math.inf)
+    euler = SAMPLERS["euler"](oracle, x, make_sigmas(schedule, 49, "trailing").double())
+    assert err(textbook) > 1.0 and err(guarded) < 0.1 and err(guarded) < err(euler) / 2
+    edm = karras_sigmas(18, SIGMA_MIN, SIGMA_MAX)  # EDM's grid: every ratio ≤ 10
+    y = SIGMA_MAX * torch.randn(8, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    assert torch.equal(sample_heun(oracle, y, edm), sample_heun(oracle, y, edm, max_ratio=math.inf))

@@ -32,7 +32,7 @@ __all__ = [
     "quality_per_nfe",
     "quality_rows",
     "rows_from_quality",
-    "steps_for_nfe",
+    "sigmas_for_nfe",
 ]
 
 #: deterministic undiffuse samplers compared (ddim = euler on the PF-ODE)
@@ -41,9 +41,18 @@ DIFFUSERS_SCHEDULERS = ("DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMu
 NFES = (5, 10, 20, 50)
 
 
-def steps_for_nfe(name: str, nfe: int) -> int:
-    """Grid steps that cost ``nfe`` evaluations (Heun: 2N − 1 on a grid ending at 0)."""
-    return (nfe + 1) // 2 if name == "heun" else nfe
+def sigmas_for_nfe(name: str, nfe: int, schedule: Schedule, grid: str) -> torch.Tensor:
+    """The ``grid`` with the most steps whose cost is at most ``nfe`` evaluations (``expected_nfe``: N for
+    the one-evaluation samplers; for Heun 2N − 1, less where it takes large-ratio steps as Euler steps)."""
+    from undiffuse.samplers.registry import expected_nfe
+
+    if name != "heun":
+        return make_sigmas(schedule, nfe, grid)
+    for steps in range(nfe, 0, -1):
+        sig = make_sigmas(schedule, steps, grid)
+        if expected_nfe(name, sig) <= nfe:
+            return sig
+    raise ValueError(f"no {grid} grid costs ≤ {nfe} evaluations with {name}")
 
 
 def _rms(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -122,7 +131,7 @@ def quality_per_nfe(
         for grid in grids:
             key = f"undiffuse:{name}@{grid}"
             for nfe in nfes:
-                sig = make_sigmas(schedule, steps_for_nfe(name, nfe), grid).to(dev)
+                sig = sigmas_for_nfe(name, nfe, schedule, grid).to(dev)
                 x, used = _run_undiffuse(name, denoiser, x_start, sig)
                 results.setdefault(key, {})[nfe] = x
                 out["nfe"].setdefault(key, {})[nfe] = used

@@ -6,7 +6,7 @@
 | ``ddim`` | Song et al. 2021 Eq. 12, η ∈ [0, 1] | N | if η > 0 |
 | ``euler`` | = ``ddim`` with η = 0 (Euler on the PF-ODE in σ) | N | no |
 | ``euler_ancestral`` | = ``ddim`` with η = 1 by default | N | yes |
-| ``heun`` | Karras et al. 2022 Alg. 2, optional churn | 2N − 1 | if S_churn > 0 |
+| ``heun`` | Karras et al. 2022 Alg. 2, optional churn; Euler on steps with σ_i/σ_{i+1} > 10 | 2N − 1 (fewer with such steps) | if S_churn > 0 |
 | ``dpmpp_2m`` / ``dpmpp_3m`` | Lu et al. 2022 (DPM-Solver++) multistep | N | no |
 | ``unipc`` | Zhao et al. 2023 UniP-2 + UniC, B(h) = expm1(h) | N | no |
 
@@ -18,7 +18,6 @@ use the model's mean (x̂_0) alone; :func:`sample` warns when a learned variance
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Callable, Optional
 
@@ -27,7 +26,7 @@ import torch
 from undiffuse.samplers.common import Generators
 from undiffuse.samplers.ddpm import sample_ddim, sample_ddpm
 from undiffuse.samplers.dpmsolver import sample_dpmpp_2m, sample_dpmpp_3m
-from undiffuse.samplers.heun import sample_heun
+from undiffuse.samplers.heun import MAX_RATIO, corrected_steps, sample_heun
 from undiffuse.samplers.unipc import sample_unipc
 
 __all__ = [
@@ -83,14 +82,12 @@ SAMPLERS: dict[str, Callable] = {
 USES_LEARNED_VARIANCE = {name: name == "ddpm" for name in SAMPLERS}
 
 
-def expected_nfe(name: str, sigmas: torch.Tensor) -> int:
+def expected_nfe(name: str, sigmas: torch.Tensor, max_ratio: float = MAX_RATIO) -> int:
     """The number of denoiser evaluations ``name`` makes on the grid ``sigmas`` (see the table above)."""
     n = len(sigmas) - 1
     if name != "heun":
         return n
-    ends_at_zero = float(sigmas[-1]) == 0
-    starts_at_inf = math.isinf(float(sigmas[0]))
-    return 2 * n - int(ends_at_zero) - int(starts_at_inf)
+    return n + sum(corrected_steps(sigmas, max_ratio))
 
 
 def has_learned_variance(denoiser: Callable) -> bool:
