@@ -128,3 +128,28 @@ def test_add_quality_extends_a_result_file(tmp_path):
     names = [r["name"] for r in json.loads(path.read_text())["results"]]
     assert names[0] == "x" and "quality_toy_err@5" in names and "quality_toy_modes@5" in names
     assert (tmp_path / "r.md").is_file() and "toy" in res["quality"]
+
+
+def test_image_distances_beside_the_errors(tmp_path):
+    """On a trained image run, the sampler table gains classifier-FD rows: the best undiffuse sampler and
+    the best diffusers scheduler at the NFE budget (counted, within budget) and 1000-step DDPM, whose
+    distance is reported on its own row and as the ratio in the note."""
+    pytest.importorskip("diffusers")
+    from undiffuse.config import apply_overrides, get_preset
+    from undiffuse.training import train
+
+    cfg = apply_overrides(get_preset("digits-tiny"), ["train.batch_size=16", "train.ckpt_every=0", "train.val_every=0",
+                                                      "train.sample_every=0", "data.limit=256", "diffusion.T=100"])  # fmt: skip
+    train(cfg, tmp_path / "run", steps=30, progress=False)
+    kw = dict(nfes=(5,), grids=("trailing",), reference_steps=40, samplers=("ddim", "dpmpp_2m"), fd_samples=48)
+    rows, q = quality.quality_rows(tmp_path / "run", "digits", "cpu", n=8, **kw)
+    d = q["distances"]
+    assert d["ddpm"]["nfe"] == 100 and d["n"] == 48 and list(d["per_nfe"]) == [5]
+    per = d["per_nfe"][5]
+    assert per["undiffuse"]["nfe"] <= 5 and per["diffusers"]["nfe"] == 5
+    by_name = {r["name"]: r for r in rows}
+    ref = by_name["quality_digits_fd_ddpm1000"]["undiffuse"]
+    r5 = by_name["quality_digits_fd@5"]
+    assert ref == d["ddpm"]["fd"] > 0 and r5["undiffuse"] == per["undiffuse"]["fd"] > 0
+    assert r5["speedup"] == pytest.approx(r5["diffusers"] / r5["undiffuse"])
+    assert f"undiffuse {per['undiffuse']['fd'] / ref:.2f}× DDPM-1000's" in r5["note"]

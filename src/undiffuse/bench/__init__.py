@@ -105,7 +105,9 @@ def _train_jobs(case: str, preset: str, batch: int, dev: torch.device, quick: bo
         ips = {k: batch / median(v) for k, v in times.items()}
         rows = [row(f"train_speedup{tag}{suffix}", "img/s", ips["undiffuse"], ips.get("diffusers"),
                     f"{preset}, batch {batch}; {note}; median of {repeats}{_cpu_note(cpu, dev)}")]  # fmt: skip
-        if memory and suffix in ("", "_best") and not su.opts.compile_mode:  # (a compiled twin would compile again)
+        if (
+            memory and suffix in ("", "_best") and not su.opts.compile_mode
+        ):  # (a compiled twin would compile again)
             mu, md = peak_memory_mb(su), (peak_memory_mb(sd) if diff else None)
             kind = "max allocated" if dev.type == "cuda" else "peak RSS of a fresh process"
             rows.append(row(f"train_memory{tag}{suffix}", "MB", mu, md,
@@ -196,6 +198,7 @@ def run_bench(
     repeats: Optional[int] = None,
     memory: bool = True,
     quality_samples: Optional[int] = None,
+    fd_samples: Optional[int] = None,
     oracle: bool = True,
     threads: Optional[int] = None,
     compile_best: bool = True,
@@ -214,6 +217,8 @@ def run_bench(
         memory: also measure peak memory.
         quality_samples: samples per quality evaluation (default 64 quick, 256 otherwise; a
             Gaussian-mixture toy run uses at least the protocol's 2,500).
+        fd_samples: samples per image distance (classifier FD) of a trained image run's best samplers at
+            10 and 20 NFE and of 1000-step DDPM (default 100 quick, 500 otherwise; 0 skips them).
         oracle: also the quality rows on the exact denoiser of the 25-Gaussian mixture (no training
             needed: every sampler's error against the converged PF-ODE solution, and mode coverage).
         threads: torch CPU threads for the run (default: torch's). On a CPU shared with other jobs,
@@ -229,7 +234,7 @@ def run_bench(
         torch.set_num_threads(threads)
         try:
             return run_bench(quick, device, out_dir, run_dirs, tiny=tiny, repeats=repeats, memory=memory,
-                             quality_samples=quality_samples, oracle=oracle, compile_best=compile_best,
+                             quality_samples=quality_samples, fd_samples=fd_samples, oracle=oracle, compile_best=compile_best,
                              echo=echo)  # fmt: skip
         finally:
             torch.set_num_threads(before)
@@ -266,6 +271,7 @@ def run_bench(
             from undiffuse.bench.quality import quality_rows
 
             q_rows, quality[label] = quality_rows(path, label, dev, n=quality_samples or (64 if quick else 256),
+                                                  fd_samples=(100 if quick else 500) if fd_samples is None else fd_samples,
                                                   with_diffusers=diff)  # fmt: skip
             return q_rows
 

@@ -31,6 +31,8 @@ __all__ = [
     "oracle_quality",
     "quality_per_nfe",
     "quality_rows",
+    "distances_per_nfe",
+    "rows_from_distances",
     "rows_from_quality",
     "sigmas_for_nfe",
 ]
@@ -211,9 +213,73 @@ def quality_rows(
 
             mixture = toy_modes(toy)
             n = max(n, 2500 if kw.pop("full_protocol", True) else n)  # the published protocol: 2,500 samples
+    fd_samples = kw.pop("fd_samples", 0)
     q = quality_per_nfe(denoiser, schedule, tuple(shape), n=n, device=device, with_diffusers=with_diffusers,
                         mixture=mixture, **kw)  # fmt: skip
-    return rows_from_quality(q, label), q
+    rows = rows_from_quality(q, label)
+    if fd_samples and not isinstance(run, tuple) and model.data.kind == "image":
+        q["distances"] = distances_per_nfe(denoiser, schedule, tuple(shape), model.data.name, q, n=fd_samples,
+                                           device=device, with_diffusers=with_diffusers)  # fmt: skip
+        rows += rows_from_distances(q["distances"], label)
+    return rows, q
+
+
+def distances_per_nfe(
+    denoiser: Callable, schedule: Schedule, shape: Sequence[int], data_spec: str, q: dict, *, n: int = 500,
+    nfes: Optional[Sequence[int]] = None, with_diffusers: bool = True, seed: int = 1,
+    device: Union[str, torch.device] = "cpu",
+) -> dict:  # fmt: skip
+    """Image distribution distances (step 4's metric) beside the per-NFE errors: the Fréchet distance in the
+    features of undiffuse's in-domain classifier (``evaluate_samples``' ``classifier_fd``) against the test
+    split, of n samples from the best undiffuse sampler and the best diffusers scheduler at each NFE (best =
+    lowest error in ``q``), and of 1000-step ancestral DDPM (fixed-small variance, Ho et al. 2020) from the
+    same starting noise — the reference the issue's "within 20 % at 10 NFE" goal is stated against.
+    ``nfes`` defaults to those of 10 and 20 that ``q`` has (else its smallest)."""
+    from undiffuse.evaluation.report import evaluate_samples
+    from undiffuse.schedules.grids import discrete_sigmas
+
+    dev = torch.device(device)
+    have = sorted({nfe for v in q["errors"].values() for nfe in v})
+    nfes = nfes or ([k for k in (10, 20) if k in have] or have[:1])
+    noise = torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed)).to(dev)
+    x_start = noise * torch.sqrt(1 + schedule.sigmas[-1] ** 2).float()
+
+    def fd(x: torch.Tensor) -> float:
+        r = evaluate_samples(x.clamp(-1, 1).cpu(), data_spec, "test", metrics=("classifier_fd",), device=dev)
+        return float(r["classifier_fd"])
+
+    with torch.no_grad():
+        ddpm, ddpm_nfe = _run_undiffuse("ddpm", denoiser, x_start, discrete_sigmas(schedule).to(dev))
+    out: dict = {"n": n, "data": data_spec, "split": "test", "metric": "classifier_fd",
+                 "ddpm": {"nfe": ddpm_nfe, "fd": fd(ddpm)}, "per_nfe": {}}  # fmt: skip
+    for nfe in nfes:
+        per: dict = {}
+        best_u, key_u = _best(q["errors"], "undiffuse", nfe)
+        if best_u is not None:
+            name, grid = key_u.split("@")
+            x, used = _run_undiffuse(name, denoiser, x_start, sigmas_for_nfe(name, nfe, schedule, grid).to(dev))
+            per["undiffuse"] = {"sampler": key_u, "nfe": used, "fd": fd(x)}
+        best_d, key_d = _best(q["errors"], "diffusers", nfe)
+        if with_diffusers and best_d is not None:
+            x, used = _run_diffusers(key_d, denoiser, schedule, noise, nfe)
+            per["diffusers"] = {"sampler": key_d, "nfe": used, "fd": fd(x)}
+        out["per_nfe"][nfe] = per
+    return out
+
+
+def rows_from_distances(d: dict, label: str) -> list[dict]:
+    """Rows ``quality_<label>_fd@<nfe>`` (lower is better; speedup = diffusers ÷ undiffuse) and the
+    ratio of each to 1000-step DDPM's distance in the note."""
+    ref = d["ddpm"]["fd"]
+    rows = [row(f"quality_{label}_fd_ddpm1000", "classifier FD", ref, None,
+                f"1000-step DDPM, n = {d['n']} vs the {d['split']} split", higher_is_better=False)]  # fmt: skip
+    for nfe, per in d["per_nfe"].items():
+        u, t = per.get("undiffuse", {}), per.get("diffusers", {})
+        ratios = ", ".join(f"{k} {v['fd'] / ref:.2f}× DDPM-1000's" for k, v in (("undiffuse", u), ("diffusers", t)) if v)
+        rows.append(row(f"quality_{label}_fd@{nfe}", "classifier FD", u.get("fd"), t.get("fd"),
+                        f"{u.get('sampler', '–')} vs {t.get('sampler', '–')} (best by error), n = {d['n']}; {ratios}; "
+                        "speedup = diffusers ÷ undiffuse", higher_is_better=False))  # fmt: skip
+    return rows
 
 
 def oracle_quality(device: Union[str, torch.device] = "cpu", *, n: int = 500, tiny: bool = False,

@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
                    "benchmarks/results)")  # fmt: skip
     p.add_argument("--run", action="append", default=[], metavar="LABEL=RUN_DIR",
                    help="a trained run for the quality rows, e.g. fmnist=runs/fmnist (repeatable)")
+    p.add_argument("--fd-samples", type=int, default=None, metavar="N", help="samples per image distance of a --run "
+                   "(classifier FD of the best samplers at 10/20 NFE and of 1000-step DDPM; default 100 with --quick, "
+                   "else 500; 0 skips)")  # fmt: skip
     p.add_argument("--repeats", type=positive_int, default=None, help="timed repeats (default 5, the protocol)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's; 1 "
                    "gives steadier timings on a CPU shared with other jobs)")  # fmt: skip
@@ -58,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
     from undiffuse.bench import run_bench
 
     run_bench(quick=args.quick, device=args.device, out_dir=args.out, run_dirs=parse_runs(args.run) or None,
-              repeats=args.repeats, memory=not args.no_memory, oracle=not args.no_oracle, threads=args.threads,
+              fd_samples=args.fd_samples, repeats=args.repeats, memory=not args.no_memory, oracle=not args.no_oracle, threads=args.threads,
               compile_best=not args.no_compile)  # fmt: skip
     return 0
