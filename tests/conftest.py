@@ -34,3 +34,12 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """``single_thread`` for a whole module (use with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

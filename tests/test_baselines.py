@@ -205,3 +205,15 @@ def test_wall_clock_budget_is_respected(tmp_path):
     assert (len(t) == 1 or t[-2] < budget) and budget <= s["seconds"] < budget + 5.0
     with pytest.raises(ValueError, match="budget"):
         train_baseline("gan", "toy:8gaussians", tmp_path)
+
+
+def test_sample_cli_refuses_diffusion_only_options_on_a_baseline(tmp_path, capsys):
+    from undiffuse.cli.main import main
+
+    train_baseline("vae", "toy:8gaussians", tmp_path / "r", steps=2, model={"width": 8})
+    out = tmp_path / "x.npy"
+    for extra in (["--lowres", "a.png"], ["--threshold", "0.99"], ["--guidance", "3"]):
+        assert main(["sample", str(tmp_path / "r"), "--n", "4", "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert extra[0] in err and "not to a GAN/VAE baseline" in err and "\n" not in err and not out.exists()
+    assert main(["sample", str(tmp_path / "r"), "--n", "4", "--out", str(out)]) == 0 and out.is_file()

@@ -40,13 +40,7 @@ M, S = 0.3, 0.5
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is several times faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny tensors: one thread is faster
 
 
 def gaussian_flow(x: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:

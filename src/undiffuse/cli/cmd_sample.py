@@ -93,8 +93,12 @@ def run_baseline(args: argparse.Namespace) -> int:
     from undiffuse.data import load_dataset
     from undiffuse.errors import UserError
 
-    if args.gif or args.class_label is not None or args.prompt is not None or args.checkpoint is not None or args.raw:
-        raise UserError("--gif/--class/--prompt/--checkpoint/--raw apply to diffusion runs, not to a GAN/VAE baseline")
+    diffusion_only = {"--gif": args.gif, "--class": args.class_label, "--prompt": args.prompt,
+                      "--checkpoint": args.checkpoint, "--raw": args.raw or None, "--guidance": args.guidance,
+                      "--threshold": args.threshold, "--lowres": args.lowres, "--eta": args.eta}  # fmt: skip
+    given = [flag for flag, value in diffusion_only.items() if value is not None]
+    if given:
+        raise UserError(f"{'/'.join(given)} apply to diffusion runs, not to a GAN/VAE baseline — drop them")
     _, cfg = load_baseline(args.run_dir)
     ds = load_dataset(cfg.data, "train", cfg.image_size)
     x = sample_baseline(args.run_dir, args.n, args.seed, batch_size=args.batch_size, device=args.device or "cpu")
