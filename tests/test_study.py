@@ -77,3 +77,18 @@ def test_a_real_tiny_toy_unit(tmp_path):
     assert res["nfe"] == 1 and res["seconds_per_sample"] > 0 and np.isfinite(res["bits_per_dim"])
     assert isinstance(res["collapsed"], bool)
     assert (tmp_path / "runs" / res["name"] / "samples.npy").is_file()
+
+
+def test_fid_computed_elsewhere_is_merged_into_the_unit(tmp_path):
+    """A ``<unit>.fid.json`` (e.g. written on a GPU machine by benchmarks/gpu/fid.py) is merged into the unit's
+    JSON by run_fid without recomputing, and the summary then carries the FID."""
+    unit = study.Unit(study.FMNIST, "vae", 0)
+    (tmp_path / f"{unit.name}.json").write_text(json.dumps({"unit": {"dataset": unit.dataset, "model": "vae", "seed": 0},
+                                                            "name": unit.name, "classifier_fd": 3.0}))  # fmt: skip
+    fid = {"fid": 12.5, "kid": 0.01, "fid_protocol": {"n_samples": 2000}, "device": "NVIDIA H100 80GB HBM3"}
+    (tmp_path / f"{unit.name}.fid.json").write_text(json.dumps(fid))
+    study.run_fid(tmp_path, [unit.name], n=2000)  # no samples.npy: nothing to compute, only the merge
+    d = json.loads((tmp_path / f"{unit.name}.json").read_text())
+    assert d["fid"] == 12.5 and d["kid"] == 0.01 and d["fid_device"] == fid["device"] and d["classifier_fd"] == 3.0
+    summary = study.aggregate(study.load_results(tmp_path))
+    assert "12.5" in study.summary_markdown(summary)

@@ -38,7 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--nll-n", type=positive_int, default=500, help="test examples for the NLL of each model (default 500)")
     p.add_argument("--fid", type=int, default=0, metavar="N", help="also Inception FID on N samples (≥ 2000 for the "
                    "protocol) of seed 0 of each Fashion-MNIST model (0: skip; ~5 img/s on CPU)")
-    p.add_argument("--fid-ref", type=positive_int, default=2000, help="test images for the FID reference statistics")
+    p.add_argument("--fid-ref", type=positive_int, default=None, help="test images for the FID reference statistics "
+                   "(default: all 10,000)")
+    p.add_argument("--fid-device", default="cpu", help="device for the Inception network (default cpu)")
     p.add_argument("--out", default="benchmarks/results/study", help="output folder (default benchmarks/results/study)")
     p.add_argument("--plots", default="docs/images", help="folder for the study_*.png plots")
     p.set_defaults(func=run)
@@ -57,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
         units += study.fmnist_units(args.seeds)
     if args.data is not None:
         units = [u for u in units if u.dataset == args.data]
-    study.run_study(args.out, units, settings)
+    study.run_study(args.out, units, settings, runner=study.run_unit)
     if args.fid and args.only in (None, "fmnist"):
         names = [study.Unit(study.FMNIST, m, 0).name for m in study.FMNIST_MODELS]
-        study.run_fid(args.out, names, args.fid, args.fid_ref)
+        study.run_fid(args.out, names, args.fid, args.fid_ref, device=args.fid_device)
         study.run_study(args.out, [], settings)  # refresh the summary with the FIDs
     study.measure_cost(args.out)  # CPU seconds per sample, one thread, for units that lack it
     study.run_study(args.out, [], settings)  # the summary with the costs
