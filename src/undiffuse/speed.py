@@ -181,20 +181,24 @@ def default_train_options(device: DeviceLike) -> TrainOptions:
       fp32 (autocast's lists), so no loss scaling is needed; the loss curve follows fp32's
       (``tests/test_speed.py``). channels_last gains nothing on CPU here (and loses on small widths).
     - CPU without native bf16: fp32 + fused AdamW.
-    - CUDA: bf16 autocast where supported (fp16 otherwise), channels_last, fused AdamW.
+    - CUDA: bf16 autocast where supported (fp16 otherwise), fused AdamW, NCHW. channels_last is left
+      to the best path (with ``torch.compile``): eager on an H100 it is slower for both libraries'
+      UNets (training 2,095 vs 2,491 img/s, DDIM sampling 130 vs 162 img/s for undiffuse's CIFAR-10 UNet,
+      bf16; ``benchmarks/results/*-layout-probe.json``), GroupNorm and the attention reshapes converting
+      layouts.
     """
     dev = _device(device)
     if dev.type == "cuda":
         dt = autocast_dtype(dev, "auto")
-        return TrainOptions(channels_last=True, precision="bf16" if dt == torch.bfloat16 else "fp16")
+        return TrainOptions(channels_last=False, precision="bf16" if dt == torch.bfloat16 else "fp16")
     if dev.type == "cpu":
         return TrainOptions(precision="bf16" if bf16_supported(dev) else "fp32", fused_adamw=True)
     return TrainOptions(precision="fp32", fused_adamw=True)
 
 
 def default_sample_options(device: DeviceLike) -> TrainOptions:
-    """Options for sampling (no optimizer): fp32 eager on CPU (the reference numerics); on CUDA bf16 +
-    channels_last. CUDA graphs (:func:`maybe_cuda_graph`) and compile are opted into separately."""
+    """Options for sampling (no optimizer): fp32 eager on CPU (the reference numerics); on CUDA bf16, NCHW.
+    CUDA graphs (:func:`maybe_cuda_graph`) and compile are opted into separately."""
     dev = _device(device)
     if dev.type == "cuda":
         return replace(default_train_options(dev), fused_adamw=False)
