@@ -14,11 +14,12 @@ defaults, eager); ``*_best`` the best paths, with the same speed options given t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 
@@ -105,9 +106,8 @@ def _train_jobs(case: str, preset: str, batch: int, dev: torch.device, quick: bo
         ips = {k: batch / median(v) for k, v in times.items()}
         rows = [row(f"train_speedup{tag}{suffix}", "img/s", ips["undiffuse"], ips.get("diffusers"),
                     f"{preset}, batch {batch}; {note}; median of {repeats}{_cpu_note(cpu, dev)}")]  # fmt: skip
-        if (
-            memory and suffix in ("", "_best") and not su.opts.compile_mode
-        ):  # (a compiled twin would compile again)
+        # (memory of a compiled path is not measured: its twin process would compile again)
+        if memory and suffix in ("", "_best") and not su.opts.compile_mode:
             mu, md = peak_memory_mb(su), (peak_memory_mb(sd) if diff else None)
             kind = "max allocated" if dev.type == "cuda" else "peak RSS of a fresh process"
             rows.append(row(f"train_memory{tag}{suffix}", "MB", mu, md,
@@ -229,79 +229,76 @@ def run_bench(
     Eager measurements run first and compiled / CUDA-graph ones last; a measurement that fails becomes
     a row with unit "failed" and the error, and the JSON is rewritten after every measurement.
     """
+    with _torch_threads(threads):
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        diff = _has_diffusers()
+        mode = "cuda" if dev.type == "cuda" else ("quick" if quick else "full")
+        repeats = repeats or (2 if tiny else 5)
+        warmup = 1 if (tiny or quick) else 3
+        rows = _Rows(echo)
+        jobs: list[_Job] = []
+        cases = {"tiny": ("tiny", {mode: 4})} if tiny else CASES
+        for case, (preset, batches) in cases.items():
+            jobs += _train_jobs(
+                case, preset, batches[mode], dev, quick, repeats, warmup, diff, memory, compile_best
+            )
+        s_preset = "tiny" if tiny else "ddpm-cifar10"
+        s_batch = 4 if tiny else SAMPLE_BATCH[mode]
+        run_steps = 2 if (tiny or (quick and dev.type == "cpu")) else None
+        jobs += _sample_jobs(s_preset, s_batch, dev, quick, repeats, warmup, diff, run_steps, compile_best)
+        quality: dict = {}
+        if oracle:
+
+            def oracle_job() -> list:
+                from undiffuse.bench.quality import oracle_quality
+
+                q_rows, quality["gmm25-oracle"] = oracle_quality(dev, n=100 if tiny else (500 if quick else 2500),
+                                                                 tiny=tiny, with_diffusers=diff)  # fmt: skip
+                return q_rows
+
+            jobs.append(_Job("quality_gmm25_oracle", False, oracle_job))
+        for label, path in (run_dirs or {}).items():
+
+            def run_job(label=label, path=path) -> list:
+                from undiffuse.bench.quality import quality_rows
+
+                q_rows, quality[label] = quality_rows(path, label, dev, n=quality_samples or (64 if quick else 256),
+                                                      fd_samples=(100 if quick else 500) if fd_samples is None else fd_samples,
+                                                      with_diffusers=diff)  # fmt: skip
+                return q_rows
+
+            jobs.append(_Job(f"quality_{label}", False, run_job))
+        # eager measurements first, compiled / graph-captured ones last: a run cut short keeps the eager rows
+        files: list[str] = []
+        for job in sorted(jobs, key=lambda j: j.slow):
+            try:
+                rows += job.run()
+            except Exception as e:  # one failed measurement (e.g. a compiler error) must not lose the others
+                if tiny:
+                    raise
+                error = f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                rows += [row(job.name, "failed", None, None, error)]
+            if out_dir is not None:  # the results so far, rewritten after every measurement
+                files = [str(p) for p in write_results(_result(dev, quick, tiny, repeats, warmup, rows, quality, diff),
+                                                       out_dir, dev)]  # fmt: skip
+        result = _result(dev, quick, tiny, repeats, warmup, rows, quality, diff)
+        if out_dir is not None:
+            result["files"] = files or [str(p) for p in write_results(result, out_dir, dev)]
+        if echo:
+            print(format_table(result))
+        return result
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: Optional[int]) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` (None: unchanged) for the duration."""
+    before = torch.get_num_threads()
     if threads is not None:
-        before = torch.get_num_threads()
         torch.set_num_threads(threads)
-        try:
-            return run_bench(quick, device, out_dir, run_dirs, tiny=tiny, repeats=repeats, memory=memory,
-                             quality_samples=quality_samples, fd_samples=fd_samples, oracle=oracle, compile_best=compile_best,
-                             echo=echo)  # fmt: skip
-        finally:
-            torch.set_num_threads(before)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    diff = _has_diffusers()
-    mode = "cuda" if dev.type == "cuda" else ("quick" if quick else "full")
-    repeats = repeats or (2 if tiny else 5)
-    warmup = 1 if (tiny or quick) else 3
-    rows = _Rows(echo)
-    jobs: list[_Job] = []
-    cases = {"tiny": ("tiny", {mode: 4})} if tiny else CASES
-    for case, (preset, batches) in cases.items():
-        jobs += _train_jobs(
-            case, preset, batches[mode], dev, quick, repeats, warmup, diff, memory, compile_best
-        )
-    s_preset = "tiny" if tiny else "ddpm-cifar10"
-    s_batch = 4 if tiny else SAMPLE_BATCH[mode]
-    run_steps = 2 if (tiny or (quick and dev.type == "cpu")) else None
-    jobs += _sample_jobs(s_preset, s_batch, dev, quick, repeats, warmup, diff, run_steps, compile_best)
-    quality: dict = {}
-    if oracle:
-
-        def oracle_job() -> list:
-            from undiffuse.bench.quality import oracle_quality
-
-            q_rows, quality["gmm25-oracle"] = oracle_quality(dev, n=100 if tiny else (500 if quick else 2500),
-                                                             tiny=tiny, with_diffusers=diff)  # fmt: skip
-            return q_rows
-
-        jobs.append(_Job("quality_gmm25_oracle", False, oracle_job))
-    for label, path in (run_dirs or {}).items():
-
-        def run_job(label=label, path=path) -> list:
-            from undiffuse.bench.quality import quality_rows
-
-            q_rows, quality[label] = quality_rows(path, label, dev, n=quality_samples or (64 if quick else 256),
-                                                  fd_samples=(100 if quick else 500) if fd_samples is None else fd_samples,
-                                                  with_diffusers=diff)  # fmt: skip
-            return q_rows
-
-        jobs.append(_Job(f"quality_{label}", False, run_job))
-    result = _result(dev, quick, tiny, repeats, warmup, rows, quality, diff)
-    # eager measurements first, compiled / graph-captured ones last: a run cut short keeps the eager rows
-    for job in sorted(jobs, key=lambda j: j.slow):
-        try:
-            rows += job.run()
-        except Exception as e:  # one failed measurement (e.g. a compiler error) must not lose the others
-            if tiny:
-                raise
-            rows += [
-                row(
-                    job.name,
-                    "failed",
-                    None,
-                    None,
-                    f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}",
-                )
-            ]
-        if out_dir is not None:  # the results so far, rewritten after every measurement
-            result = _result(dev, quick, tiny, repeats, warmup, rows, quality, diff)
-            result["files"] = [str(p) for p in write_results(result, out_dir, dev)]
-    result = _result(dev, quick, tiny, repeats, warmup, rows, quality, diff)
-    if out_dir is not None:
-        result["files"] = [str(p) for p in write_results(result, out_dir, dev)]
-    if echo:
-        print(format_table(result))
-    return result
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _result(dev: torch.device, quick: bool, tiny: bool, repeats: int, warmup: int, rows: list, quality: dict,

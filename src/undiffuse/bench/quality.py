@@ -57,6 +57,18 @@ def sigmas_for_nfe(name: str, nfe: int, schedule: Schedule, grid: str) -> torch.
     raise ValueError(f"no {grid} grid costs ≤ {nfe} evaluations with {name}")
 
 
+def _start(schedule: Schedule, n: int, shape: Sequence[int], seed: int, dev: torch.device):
+    """(noise, x_start): n starting points x_T = noise ~ N(0, I) at the last training step T (what diffusers'
+    schedulers start from) and the same state in σ-space, x = x_T·√(1 + σ_T²) (what undiffuse's start from)."""
+    sigma_T = schedule.sigmas[-1]
+    if torch.isinf(sigma_T):
+        raise ValueError(
+            "zero-terminal-SNR schedules start at σ = ∞; the diffusers comparison needs a finite σ_T"
+        )
+    noise = torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed)).to(dev)
+    return noise, noise * torch.sqrt(1 + sigma_T**2).float()
+
+
 def _rms(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Per-sample RMS difference [n]."""
     return (x.double() - ref.double()).flatten(1).pow(2).mean(1).sqrt()
@@ -109,14 +121,8 @@ def quality_per_nfe(
     docstring. Returns {"reference": {...}, "errors": {"undiffuse:<sampler>@<grid>" |
     "diffusers:<Scheduler>": {nfe: mean error}}, "nfe": {... counted ...}, "modes": {...}}."""
     dev = torch.device(device)
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(n, *shape, generator=g).to(dev)  # x_T in the VP view
+    noise, x_start = _start(schedule, n, shape, seed, dev)
     sigma_T = schedule.sigmas[-1]
-    if torch.isinf(sigma_T):
-        raise ValueError(
-            "zero-terminal-SNR schedules start at σ = ∞; the diffusers comparison needs a finite σ_T"
-        )
-    x_start = noise * torch.sqrt(1 + sigma_T**2).float()
     with torch.no_grad():
         ref_sig = make_sigmas(schedule, reference_steps, "karras").to(dev)
         ref, _ = _run_undiffuse("heun", denoiser, x_start, ref_sig)
@@ -235,18 +241,16 @@ def distances_per_nfe(
     lowest error in ``q``), and of 1000-step ancestral DDPM (fixed-small variance, Ho et al. 2020) from the
     same starting noise — the reference the issue's "within 20 % at 10 NFE" goal is stated against.
     ``nfes`` defaults to those of 10 and 20 that ``q`` has (else its smallest)."""
-    from undiffuse.evaluation.report import evaluate_samples
+    from undiffuse.evaluation.report import classifier_fd_to
     from undiffuse.schedules.grids import discrete_sigmas
 
     dev = torch.device(device)
     have = sorted({nfe for v in q["errors"].values() for nfe in v})
     nfes = nfes or ([k for k in (10, 20) if k in have] or have[:1])
-    noise = torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed)).to(dev)
-    x_start = noise * torch.sqrt(1 + schedule.sigmas[-1] ** 2).float()
+    noise, x_start = _start(schedule, n, shape, seed, dev)
 
-    def fd(x: torch.Tensor) -> float:
-        r = evaluate_samples(x.clamp(-1, 1).cpu(), data_spec, "test", metrics=("classifier_fd",), device=dev)
-        return float(r["classifier_fd"])
+    fd_to_test = classifier_fd_to(data_spec, "test", dev)
+    fd = lambda x: float(fd_to_test(x.clamp(-1, 1).cpu()))  # noqa: E731
 
     with torch.no_grad():
         ddpm, ddpm_nfe = _run_undiffuse("ddpm", denoiser, x_start, discrete_sigmas(schedule).to(dev))

@@ -234,6 +234,17 @@ def evaluate_samples(
     return result
 
 
+def classifier_fd_to(data_spec: str, split: str = "test", device: Union[str, torch.device] = "cpu",
+                     n_ref: int = 10_000):  # fmt: skip
+    """``x ↦`` the ``classifier_fd`` that :func:`evaluate_samples` reports for images x (float [N, C, H, W] in
+    [−1, 1] at the data's size) against ``split``, with the dataset's classifier and the reference features
+    loaded once — for scoring many sample sets against the same reference."""
+    ref = load_reference(data_spec, split, None)
+    clf, _ = dataset_classifier(data_spec, None, None, device)
+    f_real = clf.features(ref.x[: min(len(ref), n_ref)].to(device))
+    return lambda x: frechet_distance_from_features(clf.features(samples_to_model_units(x, "image").to(device)), f_real)
+
+
 def _toy_metrics(result: dict, x: torch.Tensor, x_ref: torch.Tensor, data_spec: str, wanted: set, k: int) -> None:
     from undiffuse.data import toy_modes
 
