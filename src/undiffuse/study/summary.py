@@ -70,32 +70,45 @@ def _cell(row: dict, key: str, fmt: str = "{:.3g}", pct: bool = False) -> str:
     return f"{f(st['mean'])} ± {f(st['std'])} [{f(st['min'])}–{f(st['max'])}]"
 
 
+#: The study's two tables: (header, cell of a summary row) per column after data | model | seeds.
+_TOY_COLUMNS = (
+    ("modes covered", lambda r: _cell(r, "modes_covered")),
+    ("high-quality share", lambda r: _cell(r, "high_quality_share", pct=True)),
+    ("precision", lambda r: _cell(r, "precision")),
+    ("recall", lambda r: _cell(r, "recall")),
+    ("NLL bits/dim (continuous)", lambda r: _cell(r, "bits_per_dim")),
+)
+_IMAGE_COLUMNS = (
+    ("classifier FD", lambda r: _cell(r, "classifier_fd")),
+    ("FID", lambda r: _cell(r, "fid")),
+    ("classes covered", lambda r: _cell(r, "classes_covered", "{:.0f}")),
+    ("precision", lambda r: _cell(r, "precision")),
+    ("recall", lambda r: _cell(r, "recall")),
+    ("NLL bits/dim (discrete)", lambda r: _cell(r, "bits_per_dim")),
+)
+_COST_COLUMNS = (
+    ("NFE / sample", lambda r: _cell(r, "nfe", "{:.0f}")),
+    ("CPU s / sample", lambda r: _cell(r, "cpu_seconds_per_sample", "{:.2e}")),
+    ("train steps", lambda r: _cell(r, "train_steps", "{:.0f}")),
+    ("collapsed", lambda r: ", ".join(r["collapsed"]) or "none"),
+)
+
+
+def _table(rows: list[dict], columns: tuple) -> list[str]:
+    cols = (("data", lambda r: r["dataset"]), ("model", lambda r: r["model"]),
+            ("seeds", lambda r: str(len(r["seeds"]))), *columns, *_COST_COLUMNS)  # fmt: skip
+    lines = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    return lines + ["| " + " | ".join(cell(r) for _, cell in cols) + " |" for r in rows]
+
+
 def summary_markdown(summary: dict) -> str:
-    """The study tables (mean ± std [min–max] over seeds)."""
+    """The study tables (mean ± std [min–max] over seeds): the toys, then the image datasets."""
     rows = summary["rows"]
-    lines = []
     toys = [r for r in rows if r["dataset"].startswith("toy:")]
-    if toys:
-        lines += ["| data | model | seeds | modes covered | high-quality share | precision | recall | NLL bits/dim "
-                  "(continuous) | NFE / sample | CPU s / sample | train steps | collapsed |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for r in toys:
-            lines.append(f"| {r['dataset']} | {r['model']} | {len(r['seeds'])} | {_cell(r, 'modes_covered')} | "
-                         f"{_cell(r, 'high_quality_share', pct=True)} | {_cell(r, 'precision')} | {_cell(r, 'recall')} | "
-                         f"{_cell(r, 'bits_per_dim')} | {_cell(r, 'nfe', '{:.0f}')} | {_cell(r, 'cpu_seconds_per_sample', '{:.2e}')} | "
-                         f"{_cell(r, 'train_steps', '{:.0f}')} | {', '.join(r['collapsed']) or 'none'} |")  # fmt: skip
-        lines.append("")
     imgs = [r for r in rows if not r["dataset"].startswith("toy:")]
+    lines = (_table(toys, _TOY_COLUMNS) + [""]) if toys else []
     if imgs:
-        lines += ["| data | model | seeds | classifier FD | FID | classes covered | precision | recall | NLL bits/dim "
-                  "(discrete) | NFE / sample | CPU s / sample | train steps | collapsed |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for r in imgs:
-            lines.append(f"| {r['dataset']} | {r['model']} | {len(r['seeds'])} | {_cell(r, 'classifier_fd')} | "
-                         f"{_cell(r, 'fid')} | {_cell(r, 'classes_covered', '{:.0f}')} | {_cell(r, 'precision')} | "
-                         f"{_cell(r, 'recall')} | {_cell(r, 'bits_per_dim')} | {_cell(r, 'nfe', '{:.0f}')} | "
-                         f"{_cell(r, 'cpu_seconds_per_sample', '{:.2e}')} | {_cell(r, 'train_steps', '{:.0f}')} | "
-                         f"{', '.join(r['collapsed']) or 'none'} |")  # fmt: skip
+        lines += _table(imgs, _IMAGE_COLUMNS)
     return "\n".join(lines) + "\n"
 
 
