@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from undiffuse.evaluation.report import evaluate_samples
+from undiffuse.study import fid_report
 
 
 def main(out_dir: str, files: list[str]) -> None:
@@ -27,10 +27,7 @@ def main(out_dir: str, files: list[str]) -> None:
     for f in files:
         t0 = time.perf_counter()
         x = np.load(f, allow_pickle=False)
-        r = evaluate_samples(x, "fashion-mnist", "test", metrics=(), device=dev, fid=True)
-        r = {k: v for k, v in r.items() if k.startswith(("fid", "kid", "protocol"))}
-        r.update(file=Path(f).name, n=int(x.shape[0]), device=torch.cuda.get_device_name() if dev == "cuda" else dev,
-                 seconds=time.perf_counter() - t0)  # fmt: skip
+        r = {**fid_report(x, dev), "file": Path(f).name, "n": int(x.shape[0]), "seconds": time.perf_counter() - t0}
         (out / f"{Path(f).stem}.fid.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
         print(f"{Path(f).name}: FID {r.get('fid')} KID {r.get('kid')} ({r['seconds']:.0f} s)", flush=True)
 

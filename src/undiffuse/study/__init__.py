@@ -21,6 +21,7 @@ from undiffuse.study.peer import PEER_SAMPLER, PEER_TRAIN, PEER_UNET, sample_pee
 from undiffuse.study.summary import (
     METRICS,
     aggregate,
+    fid_report,
     measure_cost,
     merge_fid,
     plot_study,
@@ -47,7 +48,7 @@ from undiffuse.study.units import (
 
 __all__ = [
     "FMNIST", "FMNIST_MODELS", "METRICS", "PEER_SAMPLER", "PEER_TRAIN", "PEER_UNET", "TOYS", "TOY_DIFFUSION_OVERRIDES",
-    "TOY_MODELS", "TOY_STEPS_PER_CPU_SECOND", "CpuBudget", "StudySettings", "Unit", "aggregate", "fmnist_units",
+    "TOY_MODELS", "TOY_STEPS_PER_CPU_SECOND", "CpuBudget", "StudySettings", "Unit", "aggregate", "fid_report", "fmnist_units",
     "load_results", "measure_cost", "merge_fid", "plot_study", "run_fid", "run_study", "run_unit", "sample_peer",
     "summary_markdown", "toy_diffusion_overrides", "toy_units", "train_peer",
 ]  # fmt: skip

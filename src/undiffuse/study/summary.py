@@ -154,8 +154,6 @@ def run_fid(out_dir: str | os.PathLike, unit_names: Sequence[str], n: int, n_ref
     default all 10,000), written to ``OUT/<unit>.fid.json`` and merged into ``OUT/<unit>.json``; a unit
     whose ``.fid.json`` exists is only merged (resumable; FIDs computed elsewhere, e.g. on a GPU machine
     with ``benchmarks/gpu/fid.py``, are merged the same way)."""
-    from undiffuse.evaluation.report import evaluate_samples
-
     out = Path(out_dir)
     for name in unit_names:
         path = out / f"{name}.fid.json"
@@ -163,9 +161,18 @@ def run_fid(out_dir: str | os.PathLike, unit_names: Sequence[str], n: int, n_ref
         if not path.is_file() and samples.is_file():
             x = np.load(samples, allow_pickle=False)[:n]
             log(f"[study] FID of {name}: {len(x)} samples vs the test split on {device}")
-            r = evaluate_samples(x, FMNIST, "test", metrics=(), fid=True, n_ref_fid=n_ref, device=device)
-            _write_json(path, {**{k: r[k] for k in r if k.startswith(("fid", "kid"))}, "device": device})
+            _write_json(path, fid_report(x, device, n_ref))
         merge_fid(out, name)
+
+
+def fid_report(samples: np.ndarray, device: str = "cpu", n_ref: Optional[int] = None) -> dict:
+    """FID/KID (and their protocol) of uint8 Fashion-MNIST samples against the test split, as written to
+    ``<unit>.fid.json``; ``device`` records where the Inception network ran."""
+    from undiffuse.evaluation.report import evaluate_samples
+
+    r = evaluate_samples(samples, FMNIST, "test", metrics=(), fid=True, n_ref_fid=n_ref, device=device)
+    name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else str(device)
+    return {**{k: r[k] for k in r if k.startswith(("fid", "kid"))}, "device": name}
 
 
 def merge_fid(out_dir: str | os.PathLike, name: str) -> Optional[dict]:
