@@ -197,7 +197,7 @@ def test_sample_to_disk_streams_and_equals_in_memory(tmp_path):
     assert np.array_equal(np.load(one), arr)  # independent of the batch size
     # the same samples as one in-memory run with the same per-sample noise
     from undiffuse.data.images import to_uint8
-    from undiffuse.training.keyed import derive_seed
+    from undiffuse.rng import derive_seed
 
     gens = [torch.Generator().manual_seed(derive_seed(5, "sample", i)) for i in range(7)]
     x = torch.stack([torch.randn((1, 8, 8), generator=g) for g in gens]) * sigmas[0].float()

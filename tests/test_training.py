@@ -16,7 +16,8 @@ import undiffuse.training.step as step_mod
 from undiffuse.config import apply_overrides, get_preset
 from undiffuse.errors import TrainingError, UserError
 from undiffuse.training import ema_beta, latest_checkpoint, list_checkpoints, lr_at, train
-from undiffuse.training.keyed import derive_seed, example_indices, shard_positions
+from undiffuse.rng import derive_seed
+from undiffuse.training.keyed import example_indices, shard_positions
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small ops: OpenMP threads only contend
 

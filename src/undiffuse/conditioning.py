@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from undiffuse.errors import ConfigError
-from undiffuse.training.keyed import derive_seed
+from undiffuse.rng import derive_seed
 
 __all__ = [
     "TEXT_CACHE",

@@ -18,11 +18,14 @@ use the model's mean (x̂_0) alone; :func:`sample` warns when a learned variance
 
 from __future__ import annotations
 
+import math
 import warnings
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
+from undiffuse.errors import ConfigError
 from undiffuse.samplers.common import Generators
 from undiffuse.samplers.ddpm import sample_ddim, sample_ddpm
 from undiffuse.samplers.dpmsolver import sample_dpmpp_2m, sample_dpmpp_3m
@@ -30,7 +33,12 @@ from undiffuse.samplers.heun import MAX_RATIO, corrected_steps, sample_heun
 from undiffuse.samplers.unipc import sample_unipc
 
 __all__ = [
+    "SPECS",
+    "SamplerSpec",
     "SAMPLERS",
+    "default_grid",
+    "resolve_options",
+    "spec",
     "USES_LEARNED_VARIANCE",
     "expected_nfe",
     "has_learned_variance",
@@ -67,19 +75,60 @@ def sample_euler_ancestral(
     return sample_ddim(denoiser, x, sigmas, eta=eta, generator=generator, callback=callback, cond=cond)
 
 
-SAMPLERS: dict[str, Callable] = {
-    "ddpm": sample_ddpm,
-    "ddim": sample_ddim,
-    "euler": sample_euler,
-    "euler_ancestral": sample_euler_ancestral,
-    "heun": sample_heun,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "dpmpp_3m": sample_dpmpp_3m,
-    "unipc": sample_unipc,
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler: its function, the options it declares (name → default), whether it reads a learned
+    Σ_θ, and the σ grid it uses by default (:func:`undiffuse.schedules.grids.make_sigmas` names)."""
+
+    fn: Callable
+    options: Mapping[str, Any] = field(default_factory=dict)
+    learned_variance: bool = False
+    grid: str = "uniform"
+
+
+#: The one registry: every name the API, CLI, bench and evaluation accept.
+SPECS: dict[str, SamplerSpec] = {
+    "ddpm": SamplerSpec(sample_ddpm, {"var_type": "fixed_small"}, learned_variance=True),
+    "ddim": SamplerSpec(sample_ddim, {"eta": 0.0}),
+    "euler": SamplerSpec(sample_euler),
+    "euler_ancestral": SamplerSpec(sample_euler_ancestral, {"eta": 1.0}),
+    "heun": SamplerSpec(sample_heun, {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0,
+                                      "max_ratio": MAX_RATIO}),  # fmt: skip
+    "dpmpp_2m": SamplerSpec(sample_dpmpp_2m),
+    "dpmpp_3m": SamplerSpec(sample_dpmpp_3m),
+    "unipc": SamplerSpec(sample_unipc, {"order": 2, "corrector": True}),
 }
 
+#: name → function (derived from :data:`SPECS`).
+SAMPLERS: dict[str, Callable] = {name: spec.fn for name, spec in SPECS.items()}
+
 #: Which samplers read Σ_θ of a learned-variance model; all others use the model's mean only.
-USES_LEARNED_VARIANCE = {name: name == "ddpm" for name in SAMPLERS}
+USES_LEARNED_VARIANCE = {name: spec.learned_variance for name, spec in SPECS.items()}
+
+
+def spec(name: str) -> SamplerSpec:
+    """The :class:`SamplerSpec` of ``name`` (ConfigError naming the choices for an unknown one)."""
+    if name not in SPECS:
+        raise ConfigError(f"unknown sampler {name!r} — choose one of {', '.join(SPECS)}")
+    return SPECS[name]
+
+
+def default_grid(name: str) -> str:
+    """The σ grid ``name`` samples on when the user names none."""
+    return spec(name).grid
+
+
+def resolve_options(name: str, **given: Any) -> dict[str, Any]:
+    """The options to pass to sampler ``name``: those ``given`` that are not None. An option the sampler
+    does not declare is refused (ConfigError), so ``--eta`` never silently does nothing."""
+    declared = spec(name).options
+    chosen = {k: v for k, v in given.items() if v is not None}
+    unknown = sorted(set(chosen) - set(declared))
+    if unknown:
+        opts = ", ".join(declared) if declared else "none"
+        raise ConfigError(f"sampler {name!r} has no option {', '.join(unknown)} (its options: {opts}) — drop it "
+                          "or choose a sampler that takes it")  # fmt: skip
+    return chosen
 
 
 def expected_nfe(name: str, sigmas: torch.Tensor, max_ratio: float = MAX_RATIO) -> int:
@@ -100,14 +149,17 @@ def has_learned_variance(denoiser: Callable) -> bool:
     return False
 
 
-def sample(name: str, denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, **kw) -> torch.Tensor:
-    """Run the sampler ``name`` (a key of :data:`SAMPLERS`) with the common keyword arguments.
+def sample(name: str, denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, *,
+           generator: Generators = None, callback: Optional[Callable] = None, cond: Optional[dict] = None,
+           **options: Any) -> torch.Tensor:  # fmt: skip
+    """Run the sampler ``name`` (a key of :data:`SPECS`) with the common keyword arguments and its
+    declared ``options`` (None values are dropped: the sampler's default applies; undeclared ones are
+    refused).
 
     For a learned-variance model, ``ddpm`` samples with Σ_θ (``var_type='learned'`` unless given);
     every other sampler warns once and uses the model's mean x̂_0.
     """
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    kw = resolve_options(name, **options)
     if has_learned_variance(denoiser):
         if USES_LEARNED_VARIANCE[name]:
             kw.setdefault("var_type", "learned")
@@ -117,4 +169,4 @@ def sample(name: str, denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor,
                 "it uses the model's mean (x̂_0) only. Use 'ddpm' to sample with Σ_θ.",
                 stacklevel=2,
             )
-    return SAMPLERS[name](denoiser, x, sigmas, **kw)
+    return SAMPLERS[name](denoiser, x, sigmas, generator=generator, callback=callback, cond=cond, **kw)

@@ -18,36 +18,15 @@ Resuming at step s therefore replays exactly what an uninterrupted run does at s
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-__all__ = ["derive_seed", "StepDraws", "draw_step", "example_indices", "shard_positions", "seed_dropout"]
+from undiffuse.rng import derive_seed
+from undiffuse.rng import generator as _generator
 
-_MASK = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-    return x ^ (x >> 31)
-
-
-def derive_seed(*keys: int | str) -> int:
-    """A 63-bit seed that mixes ``keys`` (ints or strings) with SplitMix64; stable across runs and
-    platforms (no Python ``hash``)."""
-    h = 0
-    for k in keys:
-        v = zlib.crc32(k.encode()) if isinstance(k, str) else int(k) & _MASK
-        h = _splitmix64(h ^ v)
-    return h >> 1
-
-
-def _generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
+__all__ = ["StepDraws", "draw_step", "example_indices", "shard_positions", "seed_dropout"]
 
 
 def example_indices(seed: int, step: int, batch: int, n: int, _cache: Optional[dict] = None) -> torch.Tensor:

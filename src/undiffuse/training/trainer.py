@@ -34,7 +34,7 @@ from undiffuse.errors import TrainingError
 from undiffuse.training import distributed as D
 from undiffuse.training.checkpoint import check_signature, load_checkpoint, load_weights_into, save_checkpoint
 from undiffuse.training.ema import EMA, ema_beta
-from undiffuse.training.keyed import derive_seed
+from undiffuse.rng import derive_seed
 from undiffuse.training.plots import loss_plot, read_log
 from undiffuse.training.rundir import (
     StopFlag,
