@@ -16,7 +16,7 @@ from undiffuse.baselines.train import (
     count_params,
     load_baseline,
     sample_baseline,
-    sample_seed,
+    sample_indices,
     train_baseline,
     width_for_params,
 )
@@ -35,7 +35,7 @@ __all__ = [
     "count_params",
     "load_baseline",
     "sample_baseline",
-    "sample_seed",
+    "sample_indices",
     "train_baseline",
     "width_for_params",
 ]

@@ -19,7 +19,6 @@ one would have (training-loop wall clock; data loading and model building are no
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -36,6 +35,8 @@ from undiffuse.baselines.gan import GAN, build_gan
 from undiffuse.baselines.vae import VAE, build_vae
 from undiffuse.data import load_dataset
 from undiffuse.io import atomic_write
+from undiffuse.rng import randn_from
+from undiffuse.samplers.driver import drive
 
 __all__ = [
     "KINDS",
@@ -44,7 +45,7 @@ __all__ = [
     "count_params",
     "load_baseline",
     "sample_baseline",
-    "sample_seed",
+    "sample_indices",
     "train_baseline",
     "width_for_params",
 ]
@@ -370,24 +371,31 @@ def load_baseline(
     return model.to(device).eval(), cfg
 
 
-def sample_seed(seed: int, index: int) -> int:
-    """The RNG seed of sample ``index`` of a run seeded ``seed`` (a hash, so streams do not overlap)."""
-    digest = hashlib.sha256(f"undiffuse-baseline:{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _latents(model: Union[GAN, VAE], indices: Sequence[int], seed: int, noise_shape) -> tuple:
-    """z [B, z_dim] and (optionally) decoder noise, sample i from its own generator alone."""
-    zs, noises = [], []
-    for i in indices:
-        g = torch.Generator().manual_seed(sample_seed(seed, i))
-        zs.append(torch.randn(model.z_dim, generator=g))
-        if noise_shape is not None:
-            noises.append(torch.randn(noise_shape, generator=g))
-    return torch.stack(zs), (torch.stack(noises) if noises else None)
-
-
 @torch.no_grad()
+def sample_indices(
+    model: Union[GAN, VAE], cfg: BaselineConfig, indices: Sequence[int], seed: int = 0, *,
+    batch_size: int = 500, decoder_noise: Optional[bool] = None,
+) -> torch.Tensor:  # fmt: skip
+    """Samples number ``indices`` of a loaded baseline, through the one sampling driver: sample i's
+    latent z (and a VAE's decoder noise after it) come from its own generator seeded from (seed, i)
+    (:mod:`undiffuse.rng`), so it depends on nothing else. Float32 on the CPU, images clamped to [−1, 1].
+
+    A GAN returns G(z). A VAE returns the decoder mean for images and a full draw mean + scale·noise
+    from p(x|z) for vectors (``decoder_noise`` overrides)."""
+    dev = next(model.parameters()).device
+    noisy = cfg.kind == "vae" and (cfg.data_kind == "vector" if decoder_noise is None else decoder_noise)
+
+    def run_batch(z: torch.Tensor, gens: list, cond: dict, offset: int) -> torch.Tensor:
+        if cfg.kind == "gan":
+            return model(z.to(dev))
+        noise = randn_from(gens, cfg.data_shape).to(dev) if noisy else None
+        return model.sample(z.to(dev), noise)
+
+    x = drive(run_batch, (model.z_dim,), indices, seed=seed, sigma_max=1.0, batch_size=batch_size).x
+    x = x if len(x) else torch.empty(0, *cfg.data_shape)
+    return x.clamp(-1, 1) if cfg.data_kind == "image" else x
+
+
 def sample_baseline(
     out_dir: PathLike,
     n: int,
@@ -399,21 +407,10 @@ def sample_baseline(
     decoder_noise: Optional[bool] = None,
 ) -> torch.Tensor:
     """``n`` samples (indices ``start`` .. ``start + n − 1``) in data units, float32 on the CPU:
-    images in [−1, 1] [n, C, H, W] or points [n, D]. Sample i depends only on (seed, i).
-
-    A GAN returns G(z). A VAE returns the decoder mean for images and a full draw mean + scale·noise
-    from p(x|z) for vectors (``decoder_noise`` overrides)."""
+    images in [−1, 1] [n, C, H, W] or points [n, D] (see :func:`sample_indices`)."""
     model, cfg = load_baseline(out_dir, device)
-    noisy = cfg.kind == "vae" and (cfg.data_kind == "vector" if decoder_noise is None else decoder_noise)
-    chunks = []
-    for b in range(start, start + n, batch_size):
-        idx = range(b, min(b + batch_size, start + n))
-        z, noise = _latents(model, idx, seed, cfg.data_shape if noisy else None)
-        z = z.to(device)
-        x = model(z) if cfg.kind == "gan" else model.sample(z, None if noise is None else noise.to(device))
-        chunks.append(x.float().cpu())
-    x = torch.cat(chunks) if chunks else torch.empty(0, *cfg.data_shape)
-    return x.clamp(-1, 1) if cfg.data_kind == "image" else x
+    return sample_indices(model, cfg, range(start, start + n), seed, batch_size=batch_size,
+                          decoder_noise=decoder_noise)  # fmt: skip
 
 
 @torch.no_grad()
