@@ -48,11 +48,14 @@ def test_load_gives_a_ready_model(image_run):
 def test_sample_i_depends_only_on_seed_and_i(image_run, sampler):
     model = undiffuse.load(image_run, device="cpu")
     info: dict = {}
-    a = sample(model, 6, seed=3, sampler=sampler, steps=5, eta=0.5, batch_size=4, info=info)
-    b = sample(model, 9, seed=3, sampler=sampler, steps=5, eta=0.5, batch_size=2)
-    c = sample(model, 6, seed=4, sampler=sampler, steps=5, eta=0.5)
+    opt = {"eta": 0.5} if sampler == "ddim" else {}  # ddpm declares no η: passing one is refused
+    a = sample(model, 6, seed=3, sampler=sampler, steps=5, batch_size=4, info=info, **opt)
+    b = sample(model, 9, seed=3, sampler=sampler, steps=5, batch_size=2, **opt)
+    c = sample(model, 6, seed=4, sampler=sampler, steps=5, **opt)
+    d = sample(model, 0, seed=3, sampler=sampler, steps=5, indices=[5, 1], **opt)  # any indices, any order
     assert a.shape == (6, 1, 8, 8) and info["nfe"] == 5
     torch.testing.assert_close(a, b[:6], atol=1e-5, rtol=0)
+    torch.testing.assert_close(d, a[[5, 1]], atol=1e-5, rtol=0)
     assert (a - c).abs().max() > 0.1
     assert a.min() >= -1 and a.max() <= 1  # x̂_0 clipped to the image range
 
@@ -103,7 +106,7 @@ def test_save_samples_vectors(toy_run, tmp_path):
     np.testing.assert_array_equal(arr, x.numpy())
     save_samples(x, tmp_path / "s.png", model.data, reference=torch.randn(100, 2))
     assert (tmp_path / "s.png").stat().st_size > 1000
-    with pytest.raises(UserError, match="image data"):
+    with pytest.raises(UserError, match="only for image data"):
         save_samples(x, str(tmp_path / "d") + "/", model.data)
 
 

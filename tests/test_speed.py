@@ -190,7 +190,7 @@ def test_sample_to_disk_streams_and_equals_in_memory(tmp_path):
     written = []
     path = speed.sample_to_disk(den, 7, (1, 8, 8), tmp_path / "s.npy", sigmas=sigmas, batch_size=3, seed=5,
                                 on_batch=lambda a, b: written.append((a, b)))  # fmt: skip
-    assert written == [(0, 3), (3, 6), (6, 7)]
+    assert written == [(3, 7), (6, 7), (7, 7)]  # (done, total) after each batch
     arr = np.load(path, mmap_mode="r")
     assert arr.shape == (7, 8, 8, 1) and arr.dtype == np.uint8
     one = speed.sample_to_disk(den, 7, (1, 8, 8), tmp_path / "t.npy", sigmas=sigmas, batch_size=7, seed=5)
@@ -203,7 +203,7 @@ def test_sample_to_disk_streams_and_equals_in_memory(tmp_path):
     x = torch.stack([torch.randn((1, 8, 8), generator=g) for g in gens]) * sigmas[0].float()
     ref = to_uint8(sample_ddim(den, x, sigmas)).numpy()
     assert np.abs(ref.astype(int) - arr.astype(int)).max() <= 1  # ±1 from rounding at a .5 boundary
-    pngs = speed.sample_to_disk(den, 5, (1, 8, 8), tmp_path / "pngs", sigmas=sigmas, batch_size=2, seed=5)
+    pngs = speed.sample_to_disk(den, 5, (1, 8, 8), f"{tmp_path}/pngs/", sigmas=sigmas, batch_size=2, seed=5)
     assert sorted(p.name for p in pngs.iterdir()) == [f"{i:06d}.png" for i in range(5)]
     vec = speed.sample_to_disk(lambda x, s: x * 0, 4, (2,), tmp_path / "v.npy", sigmas=sigmas, batch_size=3)
     assert np.load(vec).dtype == np.float32 and np.load(vec).shape == (4, 2)

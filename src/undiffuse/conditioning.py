@@ -13,17 +13,21 @@ zero context with an all-False mask.
 
 Super-resolution (``model.sr_from = s``): the network also gets ``x_cond`` =
 ``upsample_condition(downsample(x0, s), H)`` (Saharia et al. 2021), which is never dropped.
+
+At sampling time :func:`conditioning` turns a class, a prompt or a low-resolution image into the
+``cond`` / ``guidance`` arguments of :func:`undiffuse.sampling.sample`, refusing what the run cannot use.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
-from undiffuse.errors import ConfigError
+from undiffuse.errors import ConfigError, UserError
 from undiffuse.rng import derive_seed
 
 __all__ = [
@@ -32,7 +36,12 @@ __all__ = [
     "CaptionTable",
     "sr_condition",
     "run_text_encoder",
+    "conditioning",
+    "text_encoder",
 ]
+
+if TYPE_CHECKING:
+    from undiffuse.model import Model
 
 TEXT_CACHE = "text_embeddings.safetensors"
 _GENERIC = ("{}", "a {}", "a photo of a {}", "an image of a {}", "a picture of a {}", "a small {}")
@@ -116,3 +125,112 @@ def sr_condition(x0: torch.Tensor, sr_from: int, size: Optional[int] = None) -> 
     from undiffuse.editing import downsample, upsample_condition
 
     return upsample_condition(downsample(x0, sr_from), size or x0.shape[-1])
+
+
+# --- at sampling time -------------------------------------------------------------------------------
+
+_ENCODERS: dict = {}
+
+
+def text_encoder(model: "Model"):
+    """The frozen sentence encoder for ``model``'s prompts, with its run's embedding cache (loaded once
+    per run directory; raises TextEncoderUnavailable naming the extra when the package is absent)."""
+    key = str(model.run_dir)
+    if key not in _ENCODERS:
+        enc = run_text_encoder(model.run_dir)
+        enc.cache_path = None  # read the run's cache, never write to it from sampling
+        _ENCODERS[key] = enc
+    return _ENCODERS[key]
+
+
+def _rows_of(value: Any, n: int, what: str) -> list:
+    """A scalar repeated n times, or a sequence of length 1 or n as a list of n."""
+    if isinstance(value, torch.Tensor):
+        value = value.reshape(-1).tolist() if value.ndim else value.item()
+    if isinstance(value, (list, tuple)):
+        if len(value) not in (1, n):
+            raise UserError(f"{len(value)} {what}s for {n} samples — give one, or one per sample")
+        return list(value) * (n if len(value) == 1 else 1)
+    return [value] * n
+
+
+def _load_lowres(model: "Model", lowres: Any, n: int) -> torch.Tensor:
+    """A low-resolution input (a tensor [B, C, h, w] in [-1, 1] or an image path) at sr_from² → x_cond
+    [n, C, H, W] on the model's device; a larger image is first area-downsampled to sr_from."""
+    from undiffuse.editing import downsample, upsample_condition
+
+    s = model.config.model.sr_from
+    c, h, _ = model.data.shape
+    if isinstance(lowres, (str, os.PathLike)):
+        from undiffuse.data import from_uint8
+        from undiffuse.data.images import open_image
+
+        img = open_image(Path(lowres), "L" if c == 1 else "RGB")
+        lowres = from_uint8(np.array(img)[None])
+    x = torch.as_tensor(lowres, dtype=torch.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != c or x.shape[-1] != x.shape[-2]:
+        raise UserError(f"low-res input of shape {tuple(x.shape)} does not fit: need [B, {c}, {s}, {s}] (square, {c} channel(s))")
+    if x.shape[-1] < s:
+        raise UserError(f"low-res input is {x.shape[-1]}×{x.shape[-1]}, smaller than the model's {s}×{s} — give a {s}×{s} image")
+    if x.shape[-1] > s:
+        x = downsample(x, s)
+    if len(x) not in (1, n):
+        raise UserError(f"{len(x)} low-res images for {n} samples — give one, or one per sample")
+    return upsample_condition(x.expand(n, -1, -1, -1), h).to(model.device)
+
+
+def conditioning(
+    model: "Model", n: int, class_label: Any = None, prompt: Any = None, guidance: Optional[float] = None,
+    lowres: Any = None,
+) -> dict:  # fmt: skip
+    """The extra keyword arguments of :func:`sample` (``cond`` and ``guidance``) for ``n`` samples.
+
+    - class-conditional runs: ``class_label`` an int or one per sample; None cycles through the classes
+      (sample i gets class i mod K);
+    - text-conditional runs: ``prompt`` a string or one per sample; None samples unconditionally;
+    - super-resolution runs: ``lowres`` the low-resolution image(s) (a tensor in [-1, 1] or a path);
+    - ``guidance``: the classifier-free guidance scale w (None: plain conditional sampling, w = 1).
+
+    Refused with a one-line UserError: a prompt for a class model, a class for a text model, either for
+    an unconditional model, a class out of range, guidance without anything to guide, a missing or
+    misplaced low-res image. An unconditional run with nothing given returns {}.
+    """
+    m, info = model.config.model, model.data
+    text = bool(getattr(m, "text_cond", False))
+    sr = getattr(m, "sr_from", None)
+    cond: dict = {}
+    if prompt is not None and not text:
+        what = "class-conditional — use --class" if m.class_cond else "not text-conditional"
+        raise UserError(f"this run is {what}; a prompt needs a run trained with --cond text")
+    if class_label is not None and not m.class_cond:
+        what = "text-conditional — use --prompt" if text else "not class-conditional"
+        raise UserError(f"this run is {what}; a class label needs a run trained with --cond class")
+    if lowres is not None and not sr:
+        raise UserError("this run is not a super-resolution model (model.sr_from) — drop the low-res input")
+    if sr and lowres is None:
+        raise UserError(f"this run super-resolves {sr}×{sr} images — pass the low-res input image")
+    if m.class_cond:
+        K = int(info.num_classes)
+        labels = [i % K for i in range(n)] if class_label is None else _rows_of(class_label, n, "class label")
+        bad = [y for y in labels if not isinstance(y, int) or isinstance(y, bool) or not 0 <= y < K]
+        if bad:
+            names = f" ({', '.join(f'{k}={v}' for k, v in enumerate(info.class_names))})" if info.class_names else ""
+            raise UserError(f"class {bad[0]!r} is out of range — this run has classes 0..{K - 1}{names}")
+        cond["class_labels"] = torch.tensor(labels, dtype=torch.long, device=model.device)
+    if text and prompt is not None:
+        prompts = [str(p) for p in _rows_of(prompt, n, "prompt")]
+        if any(not p.strip() for p in prompts):
+            raise UserError("empty prompt — describe the image, e.g. --prompt 'a pair of ankle boots'")
+        cond.update(text_encoder(model).condition(prompts, device=model.device))
+    if sr:
+        cond["x_cond"] = _load_lowres(model, lowres, n)
+    if guidance is not None and not ("class_labels" in cond or "context" in cond):
+        raise UserError("--guidance needs a condition to guide: a class-conditional run, or --prompt for a text run")
+    if not cond:
+        return {}
+    out: dict = {"cond": cond}
+    if guidance is not None:
+        out["guidance"] = float(guidance)
+    return out

@@ -1,4 +1,4 @@
-"""Randomness on the ground floor: seeds derived from keys, and one generator per sample.
+"""Randomness and devices on the ground floor: seeds derived from keys, and one generator per sample.
 
 Every random quantity in undiffuse is a function of a seed and of *where it is used*, never of a
 running stream: ``derive_seed(seed, "sample", i)`` seeds sample i's generator, so sample i depends
@@ -12,11 +12,11 @@ This module imports only torch and the standard library; every other package may
 from __future__ import annotations
 
 import zlib
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
-__all__ = ["derive_seed", "generator", "sample_generators", "randn_from", "starting_noise"]
+__all__ = ["pick_device", "derive_seed", "generator", "sample_generators", "randn_from", "starting_noise"]
 
 _MASK = (1 << 64) - 1
 Device = Union[torch.device, str]
@@ -64,3 +64,14 @@ def starting_noise(gens: Sequence[torch.Generator], shape: Sequence[int], sigma_
     noise = randn_from(gens, shape, device)
     s = float(sigma_max)
     return noise if s == float("inf") else noise * s
+
+
+def pick_device(device: Optional[str | torch.device] = None) -> torch.device:
+    """``device`` if given, else cuda, then mps, then cpu."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -291,13 +291,6 @@ def maybe_cuda_graph(denoiser, enabled: bool = True):
 
 
 # --- streaming to disk ------------------------------------------------------------------------------
-def _uint8_images(x: torch.Tensor) -> np.ndarray:
-    """[B, C, H, W] in [−1, 1] → uint8 [B, H, W, C] (the data package's rounding)."""
-    from undiffuse.data.images import to_uint8
-
-    return to_uint8(x.cpu()).numpy()
-
-
 def sample_to_disk(
     denoiser: Callable,
     n: int,
@@ -305,84 +298,33 @@ def sample_to_disk(
     out: Union[str, os.PathLike],
     *,
     sigmas: torch.Tensor,
-    sampler: Union[str, Callable] = "ddim",
+    sampler: str = "ddim",
     batch_size: int = 256,
     seed: int = 0,
     device: DeviceLike = "cpu",
     images: Optional[bool] = None,
     cond: Optional[dict] = None,
     on_batch: Optional[Callable[[int, int], None]] = None,
-    **sampler_kw,
+    **options,
 ) -> Path:
-    """Draw ``n`` samples of ``shape`` batch by batch and stream each batch to disk, holding at most
-    one batch in memory.
+    """Draw ``n`` samples of ``shape`` with the registered ``sampler`` and stream each batch to disk
+    (:class:`undiffuse.data.kinds.SampleStream`: a memory-mapped ``.npy`` or one PNG per sample in a
+    directory), holding at most one batch in memory. The one driver draws them, so sample i is the
+    one :func:`undiffuse.api.sample` gives for (seed, i), whatever ``batch_size``. ``images`` defaults
+    to ``len(shape) == 3``; ``on_batch(done, total)`` is called after each batch. Returns ``out``."""
+    from types import SimpleNamespace
 
-    ``out`` ending in ``.npy``: one array [n, …] written through ``numpy.lib.format.open_memmap``
-    (uint8 [n, H, W, C] for images, float32 [n, *shape] otherwise); any other path: a directory
-    with one PNG per sample (images only). Sample i's starting noise comes from its own generator
-    seeded from (seed, i) — the same as :func:`undiffuse.api.sample` — so the result does not
-    depend on ``batch_size``. ``images`` defaults to ``len(shape) == 3``; ``on_batch(start, stop)``
-    is called after each batch is written. Returns ``out``.
-    """
-    from undiffuse.training.keyed import derive_seed
+    from undiffuse.data.kinds import SampleStream
+    from undiffuse.samplers.driver import drive, registry_batch
 
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be positive, got {n} and {batch_size}")
     dev = _device(device)
     images = len(shape) == 3 if images is None else images
-    path = Path(out)
-    to_npy = path.suffix.lower() == ".npy"
-    if not to_npy and not images:
-        raise ValueError("one PNG per sample needs image samples [C, H, W]; write a .npy instead")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if to_npy:
-        arr_shape = (n, shape[1], shape[2], shape[0]) if images else (n, *shape)
-        arr = np.lib.format.open_memmap(
-            path, mode="w+", dtype=np.uint8 if images else np.float32, shape=arr_shape
-        )
-    else:
-        path.mkdir(parents=True, exist_ok=True)
-    run = _sampler_fn(sampler)
+    info = SimpleNamespace(kind="image" if images else "vector", shape=tuple(shape), name="samples")
     sigmas = sigmas.to(dev)
-    width = max(6, len(str(n - 1)))
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
-        gens = [
-            torch.Generator(device=dev).manual_seed(derive_seed(seed, "sample", i))
-            for i in range(start, stop)
-        ]
-        noise = torch.stack([torch.randn(shape, generator=g, device=dev) for g in gens])
-        x = noise if torch.isinf(sigmas[0]) else noise * sigmas[0].float()
-        c = {k: v[start:stop] for k, v in (cond or {}).items()}
-        with torch.no_grad():
-            x = run(denoiser, x, sigmas, generator=gens, cond=c, **sampler_kw)
-        if to_npy:
-            arr[start:stop] = _uint8_images(x) if images else x.float().cpu().numpy()
-            arr.flush()
-        else:
-            _write_pngs(_uint8_images(x), path, start, width)
-        del x, noise
-        if on_batch is not None:
-            on_batch(start, stop)
-    if to_npy:
-        del arr  # closes the memory map
-    return path
-
-
-def _sampler_fn(sampler: Union[str, Callable]) -> Callable:
-    if callable(sampler):
-        return sampler
-    from undiffuse.samplers.registry import SAMPLERS
-
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[sampler]
-
-
-def _write_pngs(u8: np.ndarray, directory: Path, start: int, width: int) -> None:
-    from PIL import Image
-
-    for k, img in enumerate(u8):
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(
-            directory / f"{start + k:0{width}d}.png"
-        )
+    run_batch, counted = registry_batch(sampler, denoiser, sigmas, **options)
+    with SampleStream(out, info, n) as stream:
+        drive(run_batch, shape, n, seed=seed, sigma_max=sigmas[0], device=dev, batch_size=batch_size,
+              cond=cond, write=stream, counted=counted, on_batch=on_batch)  # fmt: skip
+    return Path(out)

@@ -425,7 +425,7 @@ def is_baseline_run(run_dir: Union[str, os.PathLike]) -> bool:
 @torch.no_grad()
 def sample_run(
     run_dir: Union[str, os.PathLike], indices: Sequence[int], seed: int = 0, *, sampler: str = "ddim",
-    steps: int = 50, eta: float = 0.0, batch_size: int = 500, device: Union[str, torch.device, None] = None,
+    steps: int = 50, eta: Optional[float] = None, batch_size: int = 500, device: Union[str, torch.device, None] = None,
     model: Any = None,
 ) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """Samples number ``indices`` of a trained run (diffusion or GAN/VAE baseline), in model units.
@@ -438,60 +438,22 @@ def sample_run(
     idx = [int(i) for i in indices]
     t0, c0 = time.perf_counter(), time.process_time()
     if is_baseline_run(run_dir):
-        from undiffuse.baselines import load_baseline
-        from undiffuse.baselines.train import _latents
+        from undiffuse.baselines import load_baseline, sample_indices
 
         net, cfg = (model if model is not None else load_baseline(run_dir, device or "cpu"))
-        dev = next(net.parameters()).device
-        noisy = cfg.kind == "vae" and cfg.data_kind == "vector"  # sample_baseline's default
-        out = []
-        for b in range(0, len(idx), batch_size):
-            z, noise = _latents(net, idx[b : b + batch_size], seed, cfg.data_shape if noisy else None)
-            z = z.to(dev)
-            xb = net(z) if cfg.kind == "gan" else net.sample(z, None if noise is None else noise.to(dev))
-            out.append(xb.float().cpu())
-        x = torch.cat(out) if out else torch.empty(0, *cfg.data_shape)
-        x = x.clamp(-1, 1) if cfg.data_kind == "image" else x
+        x = sample_indices(net, cfg, idx, seed, batch_size=batch_size)
         info = {"kind": cfg.kind, "nfe": 1, "sampler": "one generator/decoder pass"}
     else:
-        import undiffuse.api as api
+        from undiffuse.model import load
+        from undiffuse.sampling import sample
 
-        m = model if model is not None else api.load(run_dir, device=device)
-        x, info = _sample_diffusion(m, idx, seed, sampler, steps, eta, batch_size)
+        m = model if model is not None else load(run_dir, device=device)
+        info = {}
+        x = sample(m, len(idx), seed, sampler=sampler, steps=steps, eta=eta, batch_size=batch_size,
+                   info=info, indices=idx)  # fmt: skip
+        x = x if len(idx) else torch.empty(0, *m.data.shape)
         info["kind"] = "diffusion"
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     info.update(seconds=seconds, seconds_per_sample=seconds / max(len(idx), 1), n=len(idx), cpu_seconds=cpu,
                 cpu_seconds_per_sample=cpu / max(len(idx), 1), threads=torch.get_num_threads())  # fmt: skip
     return x, info
-
-
-def _sample_diffusion(model, idx: list[int], seed: int, sampler: str, steps: int, eta: float, batch_size: int):
-    """:func:`undiffuse.api.sample` at arbitrary indices (same per-index generators, same sampler path)."""
-    import undiffuse.api as api
-
-    if idx == list(range(len(idx))):
-        info: dict = {}
-        x = api.sample(model, len(idx), seed, sampler=sampler, steps=steps, eta=eta, batch_size=batch_size, info=info)
-        return x, {"nfe": info.get("nfe"), "sampler": sampler, "steps": steps}
-    from undiffuse.samplers import Counted
-    from undiffuse.schedules.grids import discrete_sigmas
-    from undiffuse.training.keyed import derive_seed
-
-    if steps > model.schedule.T or steps < 1:
-        raise UserError(f"--steps {steps} must lie in 1..{model.schedule.T}")
-    clip = model.config.diffusion.clip
-    counted = Counted(model.denoiser)
-    den = api._Clipped(counted, *clip) if clip is not None else counted
-    sigmas = discrete_sigmas(model.schedule, steps, "uniform").to(model.device)
-    out, nfe = [], 0
-    for b in range(0, len(idx), batch_size):
-        gens = [torch.Generator(device=model.device).manual_seed(derive_seed(seed, "sample", i))
-                for i in idx[b : b + batch_size]]  # fmt: skip
-        noise = torch.stack([torch.randn(model.data.shape, generator=g, device=model.device) for g in gens])
-        x = noise if torch.isinf(sigmas[0]) else noise * sigmas[0].float()
-        counted.nfe = 0
-        var_type = model.config.diffusion.sample_var_type
-        out.append(api._run_sampler(sampler, den, x, sigmas, gens, None, {}, eta, var_type).float().cpu())
-        nfe = max(nfe, counted.nfe)
-    x = torch.cat(out) if out else torch.empty(0, *model.data.shape)
-    return x, {"nfe": nfe, "sampler": sampler, "steps": steps}

@@ -103,24 +103,20 @@ def sample_peer(run_dir: Path, n: int, seed: int = 0, batch_size: int = 250) -> 
     DDIMPipeline; sample i's initial noise from its own generator; cropped back to 28×28."""
     from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-    from undiffuse.training.keyed import derive_seed
+    from undiffuse.samplers.driver import drive
 
     run_dir = Path(run_dir)
     model = UNet2DModel.from_pretrained(run_dir / "unet", use_safetensors=True).eval()
     sched = DDIMScheduler.from_config(DDPMScheduler.from_pretrained(run_dir / "scheduler").config)
     sched.set_timesteps(PEER_SAMPLER[1])
-    t0 = time.perf_counter()
-    out = []
-    for b in range(0, n, batch_size):
-        gens = [
-            torch.Generator().manual_seed(derive_seed(seed, "sample", i))
-            for i in range(b, min(n, b + batch_size))
-        ]
-        x = torch.stack([torch.randn((1, 32, 32), generator=g) for g in gens])
+
+    def run_batch(x: torch.Tensor, gens: list, cond: dict, offset: int) -> torch.Tensor:
         for t in sched.timesteps:
             x = sched.step(model(x, t).sample, t, x, eta=0.0).prev_sample
-        out.append(x[..., 2:30, 2:30].clamp(-1, 1))
+        return x[..., 2:30, 2:30].clamp(-1, 1)
+
+    t0 = time.perf_counter()
+    x = drive(run_batch, (1, 32, 32), n, seed=seed, sigma_max=1.0, batch_size=batch_size).x  # x_T ~ N(0, I)
     seconds = time.perf_counter() - t0
-    x = torch.cat(out)
     return x, {"kind": "diffusers", "nfe": len(sched.timesteps), "sampler": "diffusers DDIMScheduler, eta 0",
                "steps": PEER_SAMPLER[1], "seconds": seconds, "seconds_per_sample": seconds / n, "n": n}  # fmt: skip

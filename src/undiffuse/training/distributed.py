@@ -21,19 +21,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from undiffuse.rng import pick_device
+
 __all__ = ["DistContext", "setup", "teardown", "wrap_ddp", "barrier", "all_reduce_sum", "broadcast_object",
            "pick_device"]  # fmt: skip
-
-
-def pick_device(device: Optional[str | torch.device] = None) -> torch.device:
-    """``device`` if given, else cuda, then mps, then cpu."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass

@@ -35,7 +35,7 @@ from undiffuse.training import distributed as D
 from undiffuse.training.checkpoint import check_signature, load_checkpoint, load_weights_into, save_checkpoint
 from undiffuse.training.ema import EMA, ema_beta
 from undiffuse.rng import derive_seed
-from undiffuse.training.plots import loss_plot, read_log
+from undiffuse.plots import loss_plot, read_log
 from undiffuse.training.rundir import (
     StopFlag,
     check_new_run_dir,
@@ -263,7 +263,9 @@ class _Run:
     # --- outputs ---------------------------------------------------------------------------------------
     def _samples(self) -> None:
         """Write ``samples/step_XXXXXXX.png`` from the EMA network (fixed seed, DDIM)."""
-        from undiffuse.api import Model, sample, save_samples
+        from undiffuse.data.kinds import save_samples
+        from undiffuse.model import Model
+        from undiffuse.sampling import sample
 
         p = self.precond
         ema_pre = Precond(self.ema.module, p.parameterization, p.schedule, p.learned_variance, p.sigma_data)

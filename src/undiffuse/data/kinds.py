@@ -1,0 +1,212 @@
+"""The seam for kinds of data: what a kind implements so that samplers, trainer, CLI and evaluation
+handle it unchanged.
+
+A :class:`DataKind` says how model tensors become data again and how samples are written (``writers``,
+by output type), which network and preset it trains by default, which forward-process family it
+diffuses with, and which metrics evaluate it by default. Datasets declare their kind
+(:class:`undiffuse.data.Dataset.kind`, saved as ``DataInfo.kind`` in every checkpoint), so a run knows
+its kind forever. Images and 2-D/tabular vectors are the first two kinds; audio, text, tables and
+series add one entry to :data:`KINDS` each (and, for text, the discrete ``process`` family).
+
+Output types: a suffix (``.png``, ``.npy``, later ``.wav``, ``.txt``, ``.csv``) or ``"dir"`` (a path
+ending in "/" or an existing directory: one file per sample). :func:`check_output` refuses a path
+before any sampling; :func:`save_samples` writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from undiffuse.data.errors import DataError
+from undiffuse.io import atomic_path
+
+__all__ = ["DataKind", "KINDS", "PROCESSES", "kind_of", "output_type", "check_output", "save_samples", "SampleStream"]
+
+PathLike = Union[str, os.PathLike]
+#: writer(x [N, ...] model units, path, info, reference=None, nrow=None) -> path
+Writer = Callable[..., Path]
+
+#: Forward-process families: "gaussian" (x = x0 + σ·n, every sampler of undiffuse.samplers) and
+#: "masked" (absorbing-state discrete diffusion for tokens; reserved for text).
+PROCESSES = ("gaussian", "masked")
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """One kind of data (see the module docstring)."""
+
+    name: str
+    arch: str  # the default network of build.build_network: "unet", "mlp", …
+    preset: str  # the default preset of config.PRESETS
+    writers: Mapping[str, Writer] = field(default_factory=dict)
+    metrics: tuple[str, ...] = ()  # default metrics of `undiffuse eval`
+    process: str = "gaussian"
+    describe: str = ""
+
+    def __post_init__(self) -> None:
+        if self.process not in PROCESSES:
+            raise ValueError(f"unknown process family {self.process!r}; choose one of {PROCESSES}")
+
+
+# --- writers ------------------------------------------------------------------------------------------
+
+
+def _image_array(x: torch.Tensor) -> np.ndarray:
+    from undiffuse.data.images import to_uint8
+
+    return to_uint8(x).numpy()  # uint8 [N, H, W, C]
+
+
+def _write_npy(arr: np.ndarray, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+    return path
+
+
+def _image_npy(x: torch.Tensor, path: Path, info: Any, **_: Any) -> Path:
+    """uint8 [N, H, W, C] in data units."""
+    return _write_npy(_image_array(x), path)
+
+
+def _image_grid(x: torch.Tensor, path: Path, info: Any, nrow: Optional[int] = None, **_: Any) -> Path:
+    """A grid of the images (written atomically)."""
+    from undiffuse.data.images import save_image_grid
+
+    return save_image_grid(x, path, nrow=nrow or max(1, math.ceil(math.sqrt(len(x)))))
+
+
+def _image_dir(x: torch.Tensor, path: Path, info: Any, start: int = 0, total: Optional[int] = None,
+               **_: Any) -> Path:  # fmt: skip
+    """One PNG per sample, named by its index (zero-padded to the width of the last index)."""
+    from PIL import Image
+
+    path.mkdir(parents=True, exist_ok=True)
+    width = max(6, len(str((total or start + len(x)) - 1)))
+    for k, u in enumerate(_image_array(x)):
+        with atomic_path(path / f"{start + k:0{width}d}.png") as tmp:
+            Image.fromarray(u[..., 0] if u.shape[-1] == 1 else u).save(tmp, format="PNG")
+    return path
+
+
+def _vector_npy(x: torch.Tensor, path: Path, info: Any, **_: Any) -> Path:
+    """float32 [N, D] in data units."""
+    return _write_npy(x.detach().cpu().float().numpy().astype(np.float32), path)
+
+
+def _vector_scatter(x: torch.Tensor, path: Path, info: Any, reference: Optional[torch.Tensor] = None,
+                    **_: Any) -> Path:  # fmt: skip
+    """A scatter plot of the first two coordinates (over ``reference`` data, if given)."""
+    from undiffuse.plots import scatter_plot
+
+    if x.shape[1] < 2:
+        raise DataError(f"cannot plot {x.shape[1]}-D samples — write .npy instead")
+    return scatter_plot(x, path, reference, title=f"{len(x)} samples of {info.name}")
+
+
+_GRID = {".png": _image_grid, ".jpg": _image_grid, ".jpeg": _image_grid}
+
+#: The registry of kinds. A new kind of data is one entry here (plus its datasets and, if new, network).
+KINDS: dict[str, DataKind] = {
+    "image": DataKind("image", "unet", "fmnist", {**_GRID, ".npy": _image_npy, "dir": _image_dir},
+                      ("fd", "precision_recall", "nll"), describe="[C, H, W] in [-1, 1]"),  # fmt: skip
+    "vector": DataKind("vector", "mlp", "toy",
+                       {".png": _vector_scatter, ".jpg": _vector_scatter, ".npy": _vector_npy},
+                       ("modes", "precision_recall", "nll"), describe="[D] in data units"),  # fmt: skip
+}
+
+
+def kind_of(name: str) -> DataKind:
+    """The :class:`DataKind` called ``name`` (DataError for an unknown one)."""
+    if name not in KINDS:
+        raise DataError(f"unknown kind of data {name!r} — known: {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def output_type(path: PathLike) -> str:
+    """"dir" for a path ending in a separator or an existing directory, else the lower-case suffix."""
+    text = str(path)
+    if text.endswith(("/", os.sep)) or Path(path).is_dir():
+        return "dir"
+    return Path(path).suffix.lower()
+
+
+def check_output(path: PathLike, kind: str) -> str:
+    """Refuse, before any work, an output ``path`` that samples of ``kind`` cannot be written to: an
+    unknown type, or a parent that is a regular file. Returns the output type."""
+    k = kind_of(kind)
+    typ = output_type(path)
+    if typ not in k.writers:
+        shown = ", ".join("a directory ending in /" if t == "dir" else t for t in k.writers)
+        if typ == "dir":
+            raise DataError(f"one file per sample is not available for {kind} data (only for image data) — use {shown}")
+        raise DataError(f"unknown output type {typ or str(path)!r} for {kind} samples — use {shown}")
+    for parent in Path(path).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataError(f"cannot write {path}: {parent} is a file, not a directory — choose another --out")
+            break
+    return typ
+
+
+def save_samples(x: torch.Tensor, path: PathLike, data: Any, reference: Optional[torch.Tensor] = None,
+                 nrow: Optional[int] = None) -> Path:  # fmt: skip
+    """Write samples ``x`` (model units) of a run with data info ``data`` (its ``kind`` and ``name``) to
+    ``path`` with the writer its kind declares for the path's output type (see :func:`check_output`)."""
+    typ = check_output(path, data.kind)
+    path = Path(path)
+    if typ != "dir":
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return KINDS[data.kind].writers[typ](x, path, data, reference=reference, nrow=nrow)
+
+
+class SampleStream:
+    """A per-batch writer for :func:`undiffuse.samplers.driver.drive` (``write=stream``) that holds at
+    most one batch in memory: ``.npy`` → one array [n, …] through ``numpy.lib.format.open_memmap``
+    (uint8 [n, H, W, C] for images, float32 otherwise) in a temporary file renamed onto ``path`` by
+    :meth:`close`; ``dir`` → one file per sample as it comes. Use as a context manager."""
+
+    def __init__(self, path: PathLike, data: Any, n: int) -> None:
+        self.typ = check_output(path, data.kind)
+        if self.typ not in (".npy", "dir"):
+            raise DataError(f"streaming writes .npy or a directory, not {self.typ} — use save_samples for grids")
+        self.path, self.data, self.n, self.arr = Path(path), data, n, None
+        self._ctx = None
+        if self.typ == ".npy":
+            c, *rest = data.shape
+            shape = (n, *rest, c) if data.kind == "image" else (n, *data.shape)
+            self._ctx = atomic_path(self.path)
+            tmp = self._ctx.__enter__()
+            dtype = np.uint8 if data.kind == "image" else np.float32
+            self.arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+
+    def __call__(self, start: int, x: torch.Tensor) -> None:
+        if self.arr is None:
+            _image_dir(x, self.path, self.data, start=start, total=self.n)
+            return
+        self.arr[start : start + len(x)] = _image_array(x.cpu()) if self.data.kind == "image" else x.float().cpu().numpy()
+
+    def close(self, ok: bool = True) -> Path:
+        if self._ctx is not None:
+            self.arr.flush()
+            self.arr = None  # closes the memory map
+            exc = (None, None, None) if ok else (RuntimeError, RuntimeError("aborted"), None)
+            ctx, self._ctx = self._ctx, None
+            try:
+                ctx.__exit__(*exc)
+            except RuntimeError:
+                pass
+        return self.path
+
+    def __enter__(self) -> "SampleStream":
+        return self
+
+    def __exit__(self, typ, value, tb) -> None:
+        self.close(ok=typ is None)

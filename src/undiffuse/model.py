@@ -1,0 +1,93 @@
+"""A trained model as one object: :func:`load` a run directory → :class:`Model` (denoiser, schedule,
+config, data info). Sampling, conditioning and likelihood take a :class:`Model`
+(:mod:`undiffuse.sampling`, :mod:`undiffuse.conditioning`, :mod:`undiffuse.evaluation.nll`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from undiffuse.build import DataInfo, architecture_signature, build_denoiser
+from undiffuse.config import RunConfig, from_dict
+from undiffuse.diffusion.precond import Precond
+from undiffuse.schedules.discrete import Schedule
+from undiffuse.runs.checkpoint import (
+    _read_weights,
+    check_signature,
+    load_weights_into,
+    read_state,
+    resolve_checkpoint,
+)
+from undiffuse.rng import pick_device
+
+__all__ = ["Model", "load"]
+
+
+@dataclass
+class Model:
+    """A trained model: the denoiser (network + preconditioning), its schedule, config and data info."""
+
+    denoiser: Precond
+    schedule: Schedule
+    config: RunConfig
+    data: DataInfo
+    step: int
+    checkpoint: Optional[Path] = None
+    ema: bool = True
+
+    @property
+    def precond(self) -> Precond:
+        return self.denoiser
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def run_dir(self) -> Optional[Path]:
+        """The run directory the checkpoint belongs to (RUN/checkpoints/step_N → RUN)."""
+        return self.checkpoint.parent.parent if self.checkpoint is not None else None
+
+    def sample(self, n: int, seed: int = 0, **kw: Any) -> torch.Tensor:
+        """:func:`undiffuse.sampling.sample` with this model."""
+        from undiffuse.sampling import sample
+
+        return sample(self, n, seed, **kw)
+
+    def nll(self, x0: torch.Tensor, **kw: Any) -> dict:
+        """:func:`undiffuse.evaluation.nll.nll` with this model."""
+        from undiffuse.evaluation.nll import nll
+
+        return nll(self, x0, **kw)
+
+
+def load(
+    run_dir: Union[str, os.PathLike], checkpoint: Union[str, os.PathLike, int, None] = None, ema: bool = True,
+    device: Union[str, torch.device, None] = None,
+) -> Model:  # fmt: skip
+    """Load a trained model from a run directory.
+
+    Args:
+        run_dir: the training run's output directory.
+        checkpoint: None for the latest; a step number, "step_N", or a checkpoint directory.
+        ema: the EMA weights (default) or the raw weights.
+        device: where to put it (default: cuda, mps or cpu, whichever is available).
+    Raises:
+        CheckpointError: missing, truncated or corrupt checkpoint, or one of another architecture.
+    """
+    path = resolve_checkpoint(run_dir, checkpoint)
+    state = read_state(path)
+    cfg, info = from_dict(state["config"]), DataInfo.from_dict(state["data_info"])
+    run_cfg_file = Path(run_dir) / "config.json"
+    if run_cfg_file.is_file():  # a checkpoint from elsewhere must fit this run's architecture
+        cfg = from_dict(json.loads(run_cfg_file.read_text()))
+    check_signature(path, state, architecture_signature(cfg, info))
+    precond = build_denoiser(cfg, info)
+    load_weights_into(precond.net, _read_weights(path, "ema.safetensors" if ema else "model.safetensors"), path)
+    precond.to(pick_device(device)).eval().requires_grad_(False)
+    return Model(precond, precond.schedule, cfg, info, int(state["step"]), path, ema)
