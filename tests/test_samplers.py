@@ -128,15 +128,20 @@ def test_convergence_order_gaussian_mixture_reference(mixture_reference, name, l
     assert lo - 0.1 <= observed_order(*errs) <= hi + 0.3, (name, errs)
 
 
+MULTISTEP = ("dpmpp_2m", "dpmpp_3m", "unipc")  # the samplers with lower-order final steps
+
+
 @pytest.mark.parametrize("name", ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"])
 def test_last_step_to_zero_is_the_denoised_state(name):
-    """On a grid ending at 0 every ODE sampler returns D(x_N; σ_N) of its state at σ_N = σ_min."""
+    """On a grid ending at 0 every ODE sampler returns D(x_N; σ_N) of its state at σ_N = σ_min. (Lower-order
+    final steps are off: they would give the run that stops at σ_min a different last step.)"""
     oracle = GaussianOracle(M, S)
     x = SIGMA_MAX * torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
     grid = karras_sigmas(12, SIGMA_MIN, SIGMA_MAX)
-    at_min = SAMPLERS[name](oracle, x, grid[:-1])
+    kw = {"lower_order_final": False} if name in MULTISTEP else {}
+    at_min = SAMPLERS[name](oracle, x, grid[:-1], **kw)
     expect = oracle(at_min, torch.full((4,), SIGMA_MIN, dtype=F64))
-    torch.testing.assert_close(SAMPLERS[name](oracle, x, grid), expect, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(SAMPLERS[name](oracle, x, grid, **kw), expect, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"])
@@ -292,7 +297,8 @@ def test_heun_churn_is_edm_algorithm_2():
 
 
 def test_dpmpp_2m_is_algorithm_2_on_two_steps():
-    """Step 1 is DPM-Solver++(1) = DDIM; step 2 uses D_d = (1 + 1/(2r))D_1 − 1/(2r)D_0 (Lu et al. 2022, Alg. 2)."""
+    """Step 1 is DPM-Solver++(1) = DDIM; step 2 uses D_d = (1 + 1/(2r))D_1 − 1/(2r)D_0 (Lu et al. 2022, Alg. 2)
+    unless it is the last step of a short grid (lower-order final, then DDIM)."""
     oracle = GaussianOracle(M, S)
     sig = [20.0, 3.0, 0.4]
     x = torch.tensor([[7.0, -2.0]], dtype=F64)
@@ -304,8 +310,11 @@ def test_dpmpp_2m_is_algorithm_2_on_two_steps():
     h, r = lam[2] - lam[1], (lam[1] - lam[0]) / (lam[2] - lam[1])
     d_d = (1 + 1 / (2 * r)) * d1 - 1 / (2 * r) * d0
     x2 = sig[2] / sig[1] * x1 - math.expm1(-h) * d_d
-    out = sample_dpmpp_2m(oracle, x, torch.tensor(sig, dtype=F64))
+    out = sample_dpmpp_2m(oracle, x, torch.tensor(sig, dtype=F64), lower_order_final=False)
     torch.testing.assert_close(out, x2, rtol=1e-14, atol=1e-14)
+    x2_first_order = sig[2] / sig[1] * x1 - math.expm1(-h) * d1  # lower-order final: the last step is DDIM
+    torch.testing.assert_close(sample_dpmpp_2m(oracle, x, torch.tensor(sig, dtype=F64)), x2_first_order,
+                               rtol=1e-14, atol=1e-14)  # fmt: skip
 
 
 def test_unipc_without_corrector_differs_and_corrector_helps():

@@ -18,6 +18,17 @@ of D from the previous steps' x̂_0 (kept in local variables, not in a scheduler
 Both start with a first-order step (and 3M's second step is 2M), and the last step to σ = 0 is
 x = x̂_0 (h = ∞). NFE = number of steps. σ_0 = ∞ (zero terminal SNR) is allowed: that step is the
 first-order DDIM step x_1 = D + σ_1·n, and its x̂_0 is not used as history (its λ is −∞).
+
+Lower-order final steps (``lower_order_final=True``, the default; diffusers'
+``DPMSolverMultistepScheduler(lower_order_final=True)``): on grids of fewer than
+:data:`LOWER_ORDER_FINAL_STEPS` steps the last step is first order and the one before it at most
+second order (:func:`final_order_cap`). Few-step grids end with the largest steps in λ (e.g. σ = 0.38 →
+0.01 on DDPM's 10-step grid, h = 3.6), where the extrapolated derivatives of a high-order multistep
+method are amplified by the ratios h/h_prev; the authors' reference code (LuChengTHU/dpm-solver,
+``lower_order_final``, "only valid for < 15 steps") lowers the final orders for this reason.
+(diffusers' and k-diffusion's 3M weight the second divided difference by hφ_3(−h) instead of the
+Taylor weight 2hφ_3(−h) used here, which makes theirs second order in practice; tests/test_samplers.py
+measures both.)
 """
 
 from __future__ import annotations
@@ -29,7 +40,10 @@ import torch
 
 from undiffuse.samplers.common import Generators, denoiser_output, emit
 
-__all__ = ["sample_dpmpp_2m", "sample_dpmpp_3m", "first_order_step"]
+__all__ = ["LOWER_ORDER_FINAL_STEPS", "final_order_cap", "first_order_step", "sample_dpmpp_2m", "sample_dpmpp_3m"]
+
+#: diffusers' threshold: DPM-Solver++ lowers its final orders on grids of fewer steps than this.
+LOWER_ORDER_FINAL_STEPS = 15
 
 
 def first_order_step(
@@ -42,6 +56,13 @@ def first_order_step(
     if math.isinf(sigma):
         return denoised + sigma_next * x
     return denoised + (sigma_next / sigma) * (x - denoised)
+
+
+def final_order_cap(i: int, n: int, order: int, below: Optional[int] = LOWER_ORDER_FINAL_STEPS) -> int:
+    """The highest order step i of n may use with lower-order final steps: min(order, n − i) — the last
+    step first order, the one before at most second, … — on grids of fewer than ``below`` steps (None:
+    on every grid, as diffusers' UniPC does); ``order`` otherwise."""
+    return min(order, n - i) if below is None or n < below else order
 
 
 def _third_order_terms(d0, d1, d2, h0: float, h1: float, h: float) -> torch.Tensor:
@@ -60,10 +81,11 @@ def _third_order_terms(d0, d1, d2, h0: float, h1: float, h: float) -> torch.Tens
     return (h * phi2) * D1 + (1 - 2 * phi2) * D2
 
 
-def _dpmpp_multistep(denoiser, x, sigmas, order, callback, cond) -> torch.Tensor:
+def _dpmpp_multistep(denoiser, x, sigmas, order, lower_order_final, callback, cond) -> torch.Tensor:
     sig = [float(s) for s in sigmas]
+    n = len(sig) - 1
     history: list[tuple[float, torch.Tensor]] = []  # (λ, x̂_0) of earlier steps, newest last
-    for i in range(len(sig) - 1):
+    for i in range(n):
         sigma, sigma_next = sig[i], sig[i + 1]
         denoised = denoiser_output(denoiser, x, sigma, cond).denoised
         if sigma_next == 0:
@@ -72,7 +94,8 @@ def _dpmpp_multistep(denoiser, x, sigmas, order, callback, cond) -> torch.Tensor
             x_next = first_order_step(x, denoised, sigma, sigma_next)
             if not math.isinf(sigma):
                 lam, h = -math.log(sigma), math.log(sigma / sigma_next)
-                k = min(order - 1, len(history))
+                cap = final_order_cap(i, n, order) if lower_order_final else order
+                k = min(cap - 1, len(history))
                 if k == 1:
                     r = (lam - history[-1][0]) / h
                     x_next = x_next - math.expm1(-h) * (denoised - history[-1][1]) / (2 * r)
@@ -94,12 +117,15 @@ def sample_dpmpp_2m(
     generator: Generators = None,
     callback: Optional[Callable] = None,
     cond: Optional[dict] = None,
+    lower_order_final: bool = True,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): second-order multistep in data prediction on λ = −log σ.
 
     Deterministic (``generator`` is accepted for the common interface and unused). NFE = steps.
+    ``lower_order_final``: on grids of < 15 steps the last step is first order (see the module docstring;
+    on a grid ending at σ = 0 that step is x̂_0 either way).
     """
-    return _dpmpp_multistep(denoiser, x, sigmas, 2, callback, cond or {})
+    return _dpmpp_multistep(denoiser, x, sigmas, 2, lower_order_final, callback, cond or {})
 
 
 @torch.no_grad()
@@ -111,10 +137,12 @@ def sample_dpmpp_3m(
     generator: Generators = None,
     callback: Optional[Callable] = None,
     cond: Optional[dict] = None,
+    lower_order_final: bool = True,
 ) -> torch.Tensor:
     """DPM-Solver++(3M): third-order multistep in data prediction (Lu et al. 2022, Sec. 4 and App. B).
 
     Steps 1 and 2 are first and second order (2M); from step 3 on the update is
     x_t = x̂_0 + (σ_t/σ_s)(x_s − x̂_0) + hφ_2(−h)·D1 + 2hφ_3(−h)·D2. Deterministic; NFE = steps.
+    ``lower_order_final``: on grids of < 15 steps the last two steps are first and second order.
     """
-    return _dpmpp_multistep(denoiser, x, sigmas, 3, callback, cond or {})
+    return _dpmpp_multistep(denoiser, x, sigmas, 3, lower_order_final, callback, cond or {})

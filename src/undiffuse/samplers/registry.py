@@ -94,9 +94,9 @@ SPECS: dict[str, SamplerSpec] = {
     "euler_ancestral": SamplerSpec(sample_euler_ancestral, {"eta": 1.0}),
     "heun": SamplerSpec(sample_heun, {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0,
                                       "max_ratio": MAX_RATIO}),  # fmt: skip
-    "dpmpp_2m": SamplerSpec(sample_dpmpp_2m),
-    "dpmpp_3m": SamplerSpec(sample_dpmpp_3m),
-    "unipc": SamplerSpec(sample_unipc, {"order": 2, "corrector": True}),
+    "dpmpp_2m": SamplerSpec(sample_dpmpp_2m, {"lower_order_final": True}),
+    "dpmpp_3m": SamplerSpec(sample_dpmpp_3m, {"lower_order_final": True}),
+    "unipc": SamplerSpec(sample_unipc, {"order": 2, "corrector": True, "lower_order_final": True}),
 }
 
 #: name → function (derived from :data:`SPECS`).

@@ -16,6 +16,12 @@ one-term solutions are ρ = ½ (the paper's simplified UniP-2 and UniC-1).
 
 The last step to σ = 0 is x = x̂_0 (h = ∞), and no corrector runs after it. A first step from σ = ∞
 is the DDIM step x̂_0 + σ_1·n and starts no history (its λ is −∞); the corrector is skipped for it.
+
+Lower-order final steps (``lower_order_final=True``, the default; as diffusers'
+``UniPCMultistepScheduler(lower_order_final=True)``, on grids of any length): step i of n predicts
+with order min(order, n − i) — the last step first order, the one before at most second — and its
+corrector uses the same points (:func:`~undiffuse.samplers.dpmsolver.final_order_cap`). Without it
+UniPC-3 extrapolates a second divided difference over the last, largest λ-step of a few-step grid.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Callable, Optional
 import torch
 
 from undiffuse.samplers.common import Generators, denoiser_output, emit
-from undiffuse.samplers.dpmsolver import first_order_step
+from undiffuse.samplers.dpmsolver import final_order_cap, first_order_step
 
 __all__ = ["sample_unipc", "unipc_rhos"]
 
@@ -80,6 +86,7 @@ def sample_unipc(
     *,
     order: int = 2,
     corrector: bool = True,
+    lower_order_final: bool = True,
     generator: Generators = None,
     callback: Optional[Callable] = None,
     cond: Optional[dict] = None,
@@ -89,23 +96,26 @@ def sample_unipc(
 
     Deterministic (``generator`` accepted for the common interface). ``corrector=False`` gives the
     plain UniP multistep solver (UniP-2 ≈ DPM-Solver++(2M) with a different second-order weight).
+    ``lower_order_final``: step i of n predicts with order ≤ n − i (see the module docstring).
     """
     cond = cond or {}
     sig = [float(s) for s in sigmas]
+    n = len(sig) - 1
     history: list[tuple[float, torch.Tensor]] = []  # (λ, x̂_0) of the last `order` steps, newest last
-    x_last, sigma_last = None, None  # the corrected state the last prediction started from
-    for i in range(len(sig) - 1):
+    used, x_last, sigma_last = None, None, None  # the last prediction's points, its start state and σ
+    for i in range(n):
         sigma, sigma_next = sig[i], sig[i + 1]
         denoised = denoiser_output(denoiser, x, sigma, cond).denoised
-        if corrector and history and sigma_last is not None and sigma_next != 0:
+        if corrector and used is not None and sigma_next != 0:
             # UniC: redo the last step with x̂_0 at the predicted x (the corrected x is not re-evaluated)
-            x = _unified_update(x_last, history, sigma_last, sigma, model_t=denoised)
+            x = _unified_update(x_last, used, sigma_last, sigma, model_t=denoised)
         if math.isinf(sigma):
-            x_next, sigma_last = first_order_step(x, denoised, sigma, sigma_next), None
+            x_next, used = first_order_step(x, denoised, sigma, sigma_next), None
         else:
             history = (history + [(-math.log(sigma), denoised)])[-order:]
-            x_last, sigma_last = x, sigma
-            x_next = denoised if sigma_next == 0 else _unified_update(x, history, sigma, sigma_next)
+            p = final_order_cap(i, n, order, below=None) if lower_order_final else order
+            used, x_last, sigma_last = history[-p:], x, sigma
+            x_next = denoised if sigma_next == 0 else _unified_update(x, used, sigma, sigma_next)
         x = x_next
         emit(callback, i, x, sigmas[i], sigmas[i + 1], denoised)
     return x
