@@ -99,7 +99,7 @@ def test_save_samples_images(image_run, tmp_path):
 
 def test_save_samples_vectors(toy_run, tmp_path):
     model = undiffuse.load(toy_run, device="cpu")
-    x = model.sample(50, seed=1, steps=10)
+    x = sample(model, 50, seed=1, steps=10)
     save_samples(x, tmp_path / "x.npy", model.data)
     arr = np.load(tmp_path / "x.npy")
     assert arr.dtype == np.float32 and arr.shape == (50, 2)

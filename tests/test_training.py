@@ -17,6 +17,7 @@ from undiffuse.config import apply_overrides, get_preset
 from undiffuse.errors import TrainingError, UserError
 from undiffuse.training import ema_beta, latest_checkpoint, list_checkpoints, lr_at, train
 from undiffuse.rng import derive_seed
+from undiffuse.sampling import sample
 from undiffuse.training.keyed import example_indices, shard_positions
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small ops: OpenMP threads only contend
@@ -100,7 +101,7 @@ def test_configuration_variants_train_and_sample(tmp_path, variant):
     assert math.isfinite(s.loss) and (tmp_path / "r" / "samples" / "step_0000003.png").exists()
     model = undiffuse.load(tmp_path / "r", device="cpu")
     cond = {"class_labels": torch.arange(4)} if "model.class_cond=true" in variant else None
-    x = model.sample(4, seed=0, sampler="ddpm", steps=4, cond=cond)
+    x = sample(model, 4, seed=0, sampler="ddpm", steps=4, cond=cond)
     assert torch.isfinite(x).all()
     r = nll(model, eval_data(model, n=4), n_t=3, cond=cond)
     assert math.isfinite(r["bits_per_dim"])
@@ -186,7 +187,7 @@ def _mode_report(run_dir: Path, n: int = 2500) -> dict:
     from undiffuse.data import toy_modes
 
     model = undiffuse.load(run_dir, device="cpu")
-    x = model.sample(n, seed=0, sampler="ddpm", steps=100)
+    x = sample(model, n, seed=0, sampler="ddpm", steps=100)
     means, std = toy_modes("25gaussians")
     dist, nearest = torch.cdist(x.double(), means.double()).min(1)
     good = dist <= 3 * std

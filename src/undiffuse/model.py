@@ -1,6 +1,7 @@
 """A trained model as one object: :func:`load` a run directory → :class:`Model` (denoiser, schedule,
 config, data info). Sampling, conditioning and likelihood take a :class:`Model`
-(:mod:`undiffuse.sampling`, :mod:`undiffuse.conditioning`, :mod:`undiffuse.evaluation.nll`)."""
+(:mod:`undiffuse.sampling`, :mod:`undiffuse.conditioning`, :mod:`undiffuse.evaluation.nll`): a model
+is data, the functions that use it live one floor up."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 
@@ -52,18 +53,6 @@ class Model:
     def run_dir(self) -> Optional[Path]:
         """The run directory the checkpoint belongs to (RUN/checkpoints/step_N → RUN)."""
         return self.checkpoint.parent.parent if self.checkpoint is not None else None
-
-    def sample(self, n: int, seed: int = 0, **kw: Any) -> torch.Tensor:
-        """:func:`undiffuse.sampling.sample` with this model."""
-        from undiffuse.sampling import sample
-
-        return sample(self, n, seed, **kw)
-
-    def nll(self, x0: torch.Tensor, **kw: Any) -> dict:
-        """:func:`undiffuse.evaluation.nll.nll` with this model."""
-        from undiffuse.evaluation.nll import nll
-
-        return nll(self, x0, **kw)
 
 
 def load(
