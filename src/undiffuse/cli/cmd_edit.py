@@ -57,13 +57,13 @@ def load_input(path: str, shape) -> tuple:
     import numpy as np
 
     from undiffuse.data import from_uint8
-    from undiffuse.data.images import _resize_crop
+    from undiffuse.data.images import resize_crop
 
     c, h, w = shape
     img = _read(path, "L" if c == 1 else "RGB")
     size = img.size
     if size != (w, h):
-        img = _resize_crop(img, h)
+        img = resize_crop(img, h)
     return from_uint8(np.array(img)[None]), size
 
 
@@ -81,9 +81,9 @@ def load_mask(path: str, image_size: tuple, shape):
         raise UserError(f"mask {path} is {img.size[0]}×{img.size[1]} but the image is {image_size[0]}×{image_size[1]} "
                         f"(model {w}×{h}) — give a mask of the image's size")  # fmt: skip
     if img.size != (w, h):
-        from undiffuse.data.images import _resize_crop
+        from undiffuse.data.images import resize_crop
 
-        img = _resize_crop(img, h).point(lambda v: 255 if v >= 128 else 0)
+        img = resize_crop(img, h).point(lambda v: 255 if v >= 128 else 0)
     m = torch.from_numpy((np.asarray(img) >= 128).astype(np.float32))[None, None]
     return m
 

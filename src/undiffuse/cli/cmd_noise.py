@@ -40,7 +40,7 @@ def forward_process_strip(x0: torch.Tensor, steps: list[int], schedule, seed: in
 
 def run(args: argparse.Namespace) -> int:
     from undiffuse.data import DataError
-    from undiffuse.data.images import _GREY_MODES, _resize_crop, from_uint8, open_image, save_image_grid
+    from undiffuse.data.images import GREY_MODES, from_uint8, open_image, resize_crop, save_image_grid
     from undiffuse.schedules import make_schedule
 
     path = Path(args.image)
@@ -49,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
     bad = [t for t in args.t if t < 0 or t > args.T]
     if bad:
         raise DataError(f"--t {bad}: steps must lie in 0..T={args.T} — choose steps in that range")
-    grey = open_image(path).mode in _GREY_MODES
+    grey = open_image(path).mode in GREY_MODES
     img = open_image(path, "L" if grey else "RGB")
     if args.size:
-        img = _resize_crop(img, args.size)
+        img = resize_crop(img, args.size)
     arr = np.array(img)
     x0 = from_uint8(torch.from_numpy(arr.reshape(*arr.shape[:2], -1))[None])[0]
     strip = forward_process_strip(x0, args.t, make_schedule(args.schedule, args.T), args.seed)

@@ -6,7 +6,9 @@
 |---|---|---|---|
 | ``fashion-mnist`` / ``fashion-mnist:DIR`` | 60k/10k 28×28 grey (Xiao et al. 2017, MIT) | 10 | yes |
 | ``digits`` | 1,500/297 8×8 grey, 17 levels (scikit-learn, CC BY 4.0) | 10 | no |
-| ``folder:PATH`` | PNG/JPEG files under PATH (or PATH/train, PATH/test), resized + cropped | – | yes |
+| ``folder:PATH`` | image files under PATH (or PATH/train, PATH/test), resized + cropped: PNG/JPEG/TIFF incl. 16-bit grey and multi-page, ``.npy`` [C, H, W], DICOM | – | if all 8-bit |
+| ``patches:PATH`` | ``data.patches_per_image`` fixed patches of ``data.patch_size`` px per image (a file or a folder); test = the right tenth of each image | – | if all 8-bit |
+| ``medical`` / ``medical:NAME`` | patches of scikit-image's bundled retina.jpg, ihc.png, microaneurysms.png (NAME: retina, ihc, microaneurysms) | – | yes |
 | ``toy:NAME`` | 2-D toy, NAME in 25gaussians, 8gaussians, moons, swissroll | mixtures: K | – |
 
 Nothing is downloaded. ``discrete_8bit`` says the values lie on the 256-level grid u/127.5 − 1, which
@@ -26,15 +28,17 @@ from undiffuse.data.errors import DataError
 from undiffuse.data.images import (
     FASHION_MNIST_CLASSES,
     from_uint8,
+    image_header,
     list_images,
     load_digits,
     load_fashion_mnist,
     load_folder,
     make_grid,
-    open_image,
+    read_folder,
     save_image_grid,
     to_uint8,
 )
+from undiffuse.data.patches import cut_patches, medical_sources, patch_sources
 from undiffuse.data.toys import TOYS, load_toy, sample_toy, toy_modes
 
 __all__ = [
@@ -57,7 +61,7 @@ __all__ = [
     "toy_modes",
 ]
 
-DATASET_SPECS = ("fashion-mnist", "fashion-mnist:DIR", "digits", "folder:PATH",
+DATASET_SPECS = ("fashion-mnist", "fashion-mnist:DIR", "digits", "folder:PATH", "patches:PATH", "medical[:NAME]",
                  *(f"toy:{name}" for name in sorted(TOYS)))  # fmt: skip
 
 
@@ -109,23 +113,35 @@ def _folder(path: str, split: str, image_size: Optional[int]) -> Dataset:
     if image_size is None:  # the data's own size: the shorter side of the first image
         files = list_images(root)
         if not files:
-            raise DataError(f"image folder {root} holds no .png/.jpg/.jpeg files")
-        image_size = min(open_image(files[0]).size)
-    x = load_folder(root, image_size, channels=None)
-    return Dataset(x, None, "image", f"folder:{path}", discrete_8bit=True)
+            raise DataError(f"image folder {root} holds no image files")
+        image_size = min(image_header(files[0]).size)
+    x, bits = read_folder(root, image_size)
+    return Dataset(x, None, "image", f"folder:{path}", discrete_8bit=bits == 8)
 
 
-def load_dataset(spec: str, split: str = "train", image_size: Optional[int] = None) -> Dataset:
+def load_dataset(
+    spec: str, split: str = "train", image_size: Optional[int] = None, *,
+    patch_size: Optional[int] = None, patches_per_image: Optional[int] = None,
+) -> Dataset:  # fmt: skip
     """Load a dataset by spec (see the module table).
 
     ``image_size`` resizes image data (shorter side, then centre crop); None keeps the data's own size
-    (for ``folder:``, the shorter side of the first image). A folder is grey if every file is grey,
-    else RGB; with ``train/`` and ``test/`` subfolders those are the splits, else both splits are
-    the whole folder. Toys ignore ``image_size``.
+    (for ``folder:``, the shorter side of the first image; for patches, ``patch_size``). A folder is
+    grey if every file is grey, else RGB; other channel counts must agree across files; it is 16-bit
+    if any file is (:func:`undiffuse.data.images.folder_layout`); with ``train/`` and ``test/``
+    subfolders those are the splits, else both splits are the whole folder. ``patch_size`` and
+    ``patches_per_image`` (None: 32 and 256) apply to ``patches:`` and ``medical`` only
+    (:mod:`undiffuse.data.patches`). Toys ignore ``image_size``.
     """
     kind, _, arg = spec.partition(":")
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
+    if kind in ("patches", "medical") and (arg or kind == "medical"):
+        sources = patch_sources(arg) if kind == "patches" else medical_sources(arg)
+        x, bits = cut_patches(sources, split, patch_size, patches_per_image, image_size)
+        return Dataset(x, None, "image", spec, discrete_8bit=bits == 8)
+    if patch_size is not None or patches_per_image is not None:
+        raise DataError(f"data.patch_size and data.patches_per_image apply to patches:PATH and medical data, not {spec} — unset them")
     if kind == "fashion-mnist":
         x, y = load_fashion_mnist(split, root=arg or None)
         if image_size is not None:

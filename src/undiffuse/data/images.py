@@ -1,13 +1,16 @@
 """Image datasets as float32 tensors in [-1, 1] shaped [N, C, H, W], and the uint8 view of them.
 
-8-bit pixels u ∈ {0, …, 255} map to x = u/127.5 − 1, the data scaling of Ho et al. (2020, §3.3), so
-the discretized decoder's bins have width 2/255 and ``to_uint8(from_uint8(u)) == u`` exactly.
+Pixels of b bits, u ∈ {0, …, 2^b − 1}, map to x = u/((2^b − 1)/2) − 1 (:func:`from_levels`). For 8 bits
+that is x = u/127.5 − 1, the data scaling of Ho et al. (2020, §3.3), so the discretized decoder's bins
+have width 2/255 and ``to_uint8(from_uint8(u)) == u`` exactly; 16-bit pixels map by their full range,
+x = u/32767.5 − 1, and an 8-bit value promoted to 16 bits (u·257) keeps its x exactly.
 
 Sources (nothing is downloaded):
 - Fashion-MNIST (Xiao et al. 2017, MIT licence): the original IDX ``.gz`` files, from Debian's
   ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist/``) or any directory holding them.
 - 8×8 digits (UCI optical digits, via ``sklearn.datasets.load_digits``, CC BY 4.0): 17 grey levels.
-- Any folder of PNG/JPEG files.
+- Any folder of image files (:func:`read_folder`): PNG/JPEG/TIFF (8-bit grey or RGB, 16-bit grey,
+  multi-page), ``.npy`` arrays and DICOM files, read by :mod:`undiffuse.data.imagefiles`.
 """
 
 from __future__ import annotations
@@ -18,18 +21,33 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
 from undiffuse.data.errors import DataError
+from undiffuse.data.imagefiles import (
+    DTYPES,
+    GREY_MODES,
+    IMAGE_EXTENSIONS,
+    ImageHeader,
+    image_header,
+    open_image,
+    promote,
+    read_pixels,
+)
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
+    "GREY_MODES",
     "IMAGE_EXTENSIONS",
+    "display_channels",
+    "fit_pixels",
+    "folder_layout",
+    "from_levels",
     "from_uint8",
     "list_images",
     "load_digits",
@@ -37,6 +55,8 @@ __all__ = [
     "load_folder",
     "make_grid",
     "open_image",
+    "read_folder",
+    "resize_crop",
     "save_image_grid",
     "to_uint8",
 ]
@@ -45,13 +65,12 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
 DIGITS_TEST_SIZE = 297  # the last 297 of sklearn's 1,797 digits are the test split
 
 
-# --------------------------------------------------------------------------------------------- uint8
+# --------------------------------------------------------------------------------------------- levels
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -60,19 +79,33 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return u.permute(0, 2, 3, 1).contiguous()
 
 
+def from_levels(u: Union[torch.Tensor, np.ndarray], bits: int = 8) -> torch.Tensor:
+    """Unsigned ``bits``-bit pixels [N, H, W, C] (or [N, H, W] for grey) → float32 [N, C, H, W] in
+    [-1, 1], x = u/((2^bits − 1)/2) − 1: u/127.5 − 1 for 8 bits, u/32767.5 − 1 for 16."""
+    t = u.float() if isinstance(u, torch.Tensor) else torch.from_numpy(np.asarray(u, dtype=np.float32))
+    if t.ndim == 3:
+        t = t[..., None]
+    return (t.permute(0, 3, 1, 2) / ((2**bits - 1) / 2) - 1).contiguous()
+
+
 def from_uint8(u: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
     """uint8 [N, H, W, C] (or [N, H, W] for grey) → float32 [N, C, H, W] in [-1, 1], x = u/127.5 − 1."""
-    u = torch.as_tensor(np.asarray(u) if not isinstance(u, torch.Tensor) else u)
-    if u.ndim == 3:
-        u = u[..., None]
-    return (u.permute(0, 3, 1, 2).float() / 127.5 - 1).contiguous()
+    return from_levels(u, 8)
+
+
+def display_channels(x: torch.Tensor) -> torch.Tensor:
+    """The channels an image file shows of [N, C, H, W] images: all of them for C = 1 or 3; else the
+    first three as RGB (C > 3) or the first as grey (C = 2). ``.npy`` outputs keep every channel."""
+    c = x.shape[1]
+    return x if c in (1, 3) else x[:, : 3 if c > 3 else 1]
 
 
 def make_grid(x: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: int = 0) -> Image.Image:
-    """Tile [N, C, H, W] images in [-1, 1] (C = 1 or 3) into one PIL image, ``nrow`` per row."""
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"make_grid expects [N, 1|3, H, W], got {tuple(x.shape)}")
-    u = to_uint8(x).numpy()  # [N, H, W, C]
+    """Tile [N, C, H, W] images in [-1, 1] into one PIL image, ``nrow`` per row; C ∉ {1, 3} shows
+    :func:`display_channels`."""
+    if x.ndim != 4:
+        raise ValueError(f"make_grid expects [N, C, H, W], got {tuple(x.shape)}")
+    u = to_uint8(display_channels(x)).numpy()  # [N, H, W, 1|3]
     n, h, w, c = u.shape
     ncol = min(nrow, n)
     nrows = -(-n // ncol)
@@ -178,7 +211,7 @@ def load_digits(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
 # ------------------------------------------------------------------------------------------- folder
 
 
-def _resize_crop(img: Image.Image, size: int) -> Image.Image:
+def resize_crop(img: Image.Image, size: int) -> Image.Image:
     """Resize so the shorter side is ``size`` (bicubic, antialiased), then centre-crop to size×size."""
     w, h = img.size
     if (w, h) != (size, size):
@@ -190,8 +223,20 @@ def _resize_crop(img: Image.Image, size: int) -> Image.Image:
     return img
 
 
+def fit_pixels(a: np.ndarray, size: int) -> np.ndarray:
+    """:func:`resize_crop` uint8/uint16 pixels [H, W, C] to [size, size, C], channel by channel (8-bit
+    in Pillow mode L, which equals resizing RGB; 16-bit in mode F, rounded back to levels)."""
+    if a.shape[:2] == (size, size):
+        return a
+    if a.dtype == np.uint8:
+        chans = [np.asarray(resize_crop(Image.fromarray(np.ascontiguousarray(a[..., k])), size)) for k in range(a.shape[-1])]
+        return np.stack(chans, axis=-1)
+    chans = [np.asarray(resize_crop(Image.fromarray(a[..., k].astype(np.float32)), size)) for k in range(a.shape[-1])]
+    return np.rint(np.clip(np.stack(chans, axis=-1), 0, 65535)).astype(np.uint16)
+
+
 def list_images(path: Union[str, os.PathLike]) -> list[Path]:
-    """PNG/JPEG files under ``path`` (recursive, sorted, hidden files skipped)."""
+    """Image files (:data:`IMAGE_EXTENSIONS`) under ``path`` (recursive, sorted, hidden files skipped)."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
@@ -201,35 +246,41 @@ def list_images(path: Union[str, os.PathLike]) -> list[Path]:
     )  # fmt: skip
 
 
-_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+def folder_layout(headers: Sequence[tuple[Path, ImageHeader]], channels: Optional[int] = None) -> tuple[int, int]:
+    """(channels, bits) of a set of files read together.
 
-
-def open_image(f: Path, mode: Optional[str] = None) -> Image.Image:
-    """Open one image, or raise DataError naming the file. With ``mode`` the pixels are decoded and
-    converted; without, only the header is read (``.size``, ``.mode``)."""
-    try:
-        with Image.open(f) as img:
-            return img.convert(mode) if mode else img
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {f}: {e}") from e
-
-
-def load_folder(path: Union[str, os.PathLike], size: int, channels: Optional[int] = 3) -> torch.Tensor:
-    """All PNG/JPEG images under ``path`` (recursive) as float32 [N, channels, size, size] in [-1, 1].
-
-    Each image is converted to grey (``channels=1``) or RGB (``channels=3``; ``None``: grey if every
-    file is grey), resized so its shorter side is ``size`` and centre-cropped; values stay on the
-    8-bit grid.
+    Bits: 16 if any file is 16-bit (8-bit files are promoted, u·257, which keeps their x exactly), else 8.
+    Channels: grey and RGB files mix as RGB (``channels`` = 1 or 3 forces grey or RGB); any other count
+    (multi-page TIFF, ``.npy`` stacks, multi-frame DICOM) must be the same in every file, or ``channels``.
     """
-    if channels not in (1, 3, None):
-        raise DataError(f"channels must be 1, 3 or None, got {channels}")
+    bits = max(h.bits for _, h in headers)
+    counts = {h.channels for _, h in headers}
+    if counts <= {1, 3} and channels in (None, 1, 3):
+        return channels or max(counts), bits
+    want, ref = (headers[0][1].channels, headers[0][0]) if channels is None else (channels, None)
+    for f, h in headers:
+        if h.channels != want:
+            than = f"{ref} has {want}" if ref is not None else f"{want} were asked for"
+            raise DataError(f"inconsistent channels: {f} has {h.channels} but {than} — give every image the same channels")
+    return want, bits
+
+
+def read_folder(path: Union[str, os.PathLike], size: int, channels: Optional[int] = None) -> tuple[torch.Tensor, int]:
+    """All image files under ``path`` (recursive) as float32 [N, C, size, size] in [-1, 1], and their bits.
+
+    C and bits follow :func:`folder_layout`; each image is resized so its shorter side is ``size`` and
+    centre-cropped (:func:`fit_pixels`), 8-bit values staying on the 8-bit grid.
+    """
     files = list_images(path)
     if not files:
         raise DataError(f"image folder {path} holds no {'/'.join(IMAGE_EXTENSIONS)} files")
-    if channels is None:
-        channels = 1 if all(open_image(f).mode in _GREY_MODES for f in files) else 3
-    out = np.empty((len(files), size, size, channels), np.uint8)
+    channels, bits = folder_layout([(f, image_header(f)) for f in files], channels)
+    out = np.empty((len(files), size, size, channels), DTYPES[bits])
     for i, f in enumerate(files):
-        arr = np.asarray(_resize_crop(open_image(f, "L" if channels == 1 else "RGB"), size), np.uint8)
-        out[i] = arr[..., None] if channels == 1 else arr
-    return from_uint8(out)
+        out[i] = promote(fit_pixels(read_pixels(f, channels), size), bits)
+    return from_levels(out, bits), bits
+
+
+def load_folder(path: Union[str, os.PathLike], size: int, channels: Optional[int] = None) -> torch.Tensor:
+    """The images of :func:`read_folder` (float32 [N, C, size, size] in [-1, 1]) without their bits."""
+    return read_folder(path, size, channels)[0]

@@ -1,0 +1,131 @@
+"""Patch datasets: square patches cut from a few large images (``patches:PATH``, ``medical[:NAME]``).
+
+Each image gives ``patches_per_image`` patches of ``patch_size`` × ``patch_size`` pixels at full
+resolution (then resized to ``image_size`` if given). The patches are a fixed set, not fresh random crops
+each epoch: the top-left corner of patch k of a file is a pure function of (file, split, k)
+(:func:`undiffuse.rng.derive_seed`), the same for every run and every seed. So resume stays exact, and
+``sample``/``nll``/``eval`` reload exactly the patches a run trained on; asking for more patches per
+image keeps the first ones.
+
+Train and test are split by position: the rightmost max(⌈W/10⌉, patch_size) columns of every image
+are its test region and the rest its training region, so no test patch shares a pixel with a training
+patch (a folder's ``train/``/``test/`` subfolders are not used as splits here).
+
+``medical`` is a documented demo on the three medical images scikit-image's wheel bundles (BSD-3; the
+``medical`` extra): ``retina.jpg`` (fundus photograph, 1411×1411 RGB), ``ihc.png``
+(immunohistochemistry, 512×512 RGB) and ``microaneurysms.png`` (retina crop, 102×102 grey), each too
+few to train on as whole images and enough as patches.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from undiffuse.data.errors import DataError
+from undiffuse.data.imagefiles import DTYPES, ImageHeader, image_header, promote, read_pixels
+from undiffuse.data.images import fit_pixels, folder_layout, from_levels, list_images
+from undiffuse.rng import derive_seed
+
+__all__ = [
+    "MEDICAL_IMAGES",
+    "PATCHES_PER_IMAGE",
+    "PATCH_SIZE",
+    "TEST_FRACTION",
+    "cut_patches",
+    "medical_sources",
+    "patch_corners",
+    "patch_sources",
+    "split_columns",
+]
+
+PATCH_SIZE = 32  # data.patch_size when unset
+PATCHES_PER_IMAGE = 256  # data.patches_per_image when unset (per image and split)
+TEST_FRACTION = 0.1  # the right tenth of each image (at least one patch wide) is the test region
+MEDICAL_IMAGES = {"retina": "retina.jpg", "ihc": "ihc.png", "microaneurysms": "microaneurysms.png"}
+
+Source = tuple[str, Path]  # (key, file): the key names the file in the patch positions' seed
+
+
+def patch_sources(path: Union[str, os.PathLike]) -> list[Source]:
+    """One image file, or every image file under a folder (keys: paths relative to it)."""
+    p = Path(path)
+    if p.is_file():
+        return [(p.name, p)]
+    files = list_images(p)
+    if not files:
+        raise DataError(f"no image files under {p} to cut patches from — give an image file or a folder of them")
+    return [(f.relative_to(p).as_posix(), f) for f in files]
+
+
+def medical_sources(name: str = "") -> list[Source]:
+    """scikit-image's bundled medical images: ``name`` in :data:`MEDICAL_IMAGES`, or all three for ""."""
+    names = [name] if name else list(MEDICAL_IMAGES)
+    unknown = [n for n in names if n not in MEDICAL_IMAGES]
+    if unknown:
+        raise DataError(f"unknown medical image {unknown[0]!r} — use medical (all three) or medical:NAME with NAME in {', '.join(MEDICAL_IMAGES)}")
+    spec = importlib.util.find_spec("skimage")  # locate the package's data folder without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("medical data are scikit-image's bundled images — pip install 'undiffuse[medical]'")
+    root = Path(next(iter(spec.submodule_search_locations))) / "data"
+    files = [(MEDICAL_IMAGES[n], root / MEDICAL_IMAGES[n]) for n in names]
+    missing = [str(f) for _, f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{missing[0]} is missing from scikit-image — reinstall it: pip install 'undiffuse[medical]'")
+    return files
+
+
+def split_columns(width: int, patch: int, split: str) -> tuple[int, int]:
+    """Columns [lo, hi) of an image's ``split`` region: the rightmost max(⌈W·TEST_FRACTION⌉, patch)
+    columns are test, the rest train (ValueError when the training region is narrower than a patch)."""
+    test = max(math.ceil(TEST_FRACTION * width), patch)
+    if width - test < patch:
+        raise ValueError(f"{width} px wide is too narrow for {patch}-px patches and a held-out strip")
+    return (width - test, width) if split == "test" else (0, width - test)
+
+
+def patch_corners(key: str, split: str, n: int, height: int, cols: tuple[int, int], patch: int) -> list[tuple[int, int]]:
+    """(top, left) of patches k = 0..n−1 inside rows 0..height and columns ``cols``: uniform over the
+    region's positions, drawn from derive_seed("patches", key, split, k) alone (a 63-bit value, so the
+    modulo bias is below 1e-13)."""
+    rows, ncols = height - patch + 1, cols[1] - cols[0] - patch + 1
+    corners = []
+    for k in range(n):
+        r = derive_seed("patches", key, split, k)
+        corners.append((r % rows, cols[0] + (r // rows) % ncols))
+    return corners
+
+
+def _region(f: Path, h: ImageHeader, patch: int, split: str) -> tuple[int, int]:
+    try:
+        if h.height < patch:
+            raise ValueError(f"{h.height} px high is lower than {patch}-px patches")
+        return split_columns(h.width, patch, split)
+    except ValueError as e:
+        raise DataError(f"image {f}: {e} — lower data.patch_size") from e
+
+
+def cut_patches(
+    sources: list[Source], split: str, patch_size: Optional[int] = None, per_image: Optional[int] = None,
+    image_size: Optional[int] = None,
+) -> tuple[torch.Tensor, int]:  # fmt: skip
+    """Patches of every source as float32 [len(sources)·per_image, C, S, S] in [-1, 1] (S = image_size
+    or patch_size), and their bits. Channels and bits follow :func:`undiffuse.data.images.folder_layout`
+    (grey and RGB mix as RGB; 8-bit promoted where any image is 16-bit)."""
+    patch, n = patch_size or PATCH_SIZE, per_image or PATCHES_PER_IMAGE
+    size = image_size or patch
+    headers = [(f, image_header(f)) for _, f in sources]
+    channels, bits = folder_layout(headers)
+    out = np.empty((len(sources) * n, size, size, channels), DTYPES[bits])
+    for i, ((key, f), (_, h)) in enumerate(zip(sources, headers)):
+        cols = _region(f, h, patch, split)
+        a = promote(read_pixels(f, channels), bits)
+        for k, (top, left) in enumerate(patch_corners(key, split, n, h.height, cols, patch)):
+            out[i * n + k] = fit_pixels(a[top : top + patch, left : left + patch], size)
+    return from_levels(out, bits), bits
