@@ -15,7 +15,7 @@ from typing import Any, Optional
 from torch import nn
 
 from undiffuse.config import DiffusionConfig, ModelConfig, RunConfig
-from undiffuse.diffusion.precond import Precond
+from undiffuse.diffusion.precond import Precond, allows_zero_terminal_snr
 from undiffuse.errors import ConfigError
 from undiffuse.schedules.discrete import Schedule, ScheduleError, make_schedule
 
@@ -75,7 +75,7 @@ def build_schedule(cfg: DiffusionConfig) -> Schedule:
     """:func:`undiffuse.schedules.make_schedule` from ``diffusion.schedule``, ``T``, ``schedule_kwargs``."""
     try:
         return make_schedule(
-            cfg.schedule, cfg.T, **dict(cfg.schedule_kwargs), allow_zero_terminal_snr=cfg.parameterization != "eps"
+            cfg.schedule, cfg.T, **dict(cfg.schedule_kwargs), allow_zero_terminal_snr=allows_zero_terminal_snr(cfg.parameterization)
         )
     except (ScheduleError, TypeError, KeyError) as e:
         raise ConfigError(f"invalid noise schedule: {e} — fix diffusion.schedule, diffusion.T or diffusion.schedule_kwargs") from e

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from undiffuse.diffusion.oracles import GaussianMixtureOracle
-from undiffuse.diffusion.precond import DenoiserOutput, denoise
+from undiffuse.diffusion.precond import DenoiserOutput, DenoiserWrapper, append_dims, denoise
 from undiffuse.diffusion.reverse import clip_denoised, dynamic_threshold
 
 __all__ = [
@@ -31,12 +31,6 @@ __all__ = [
     "ClassConditionalMixtureOracle",
     "null_condition",
 ]
-
-
-def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A per-sample value [B] (or a 0-d scalar) shaped to broadcast against ``like`` [B, ...]."""
-    v = torch.as_tensor(v, device=like.device, dtype=like.dtype)
-    return v if v.ndim == 0 else v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def null_condition(cond: dict, num_classes: Optional[int] = None) -> dict:
@@ -100,7 +94,7 @@ def _merge(c: dict, u: dict) -> Optional[dict]:
     return out
 
 
-class ClassifierFreeGuidance:
+class ClassifierFreeGuidance(DenoiserWrapper):
     """Classifier-free guidance (Ho & Salimans 2022) as a denoiser:
     D_w(x; σ, c) = (1 − w)·D(x; σ, ∅) + w·D(x; σ, c), i.e. D_u + w·(D_c − D_u).
 
@@ -158,14 +152,11 @@ class ClassifierFreeGuidance:
             out_c = denoise(self.denoiser, x, sigma, **cond)
             d_c, var_frac = out_c.denoised, out_c.var_frac
             d_u = denoise(self.denoiser, x, sigma, **u).denoised
-        wb = _rows(w, d_c)
+        wb = append_dims(w, d_c)
         return DenoiserOutput((1 - wb) * d_u + wb * d_c, var_frac)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
-        return self.denoise(x, sigma, **cond).denoised
 
-
-class ClassifierGuidance:
+class ClassifierGuidance(DenoiserWrapper):
     """Classifier guidance with a noise-aware classifier p_φ(y | x; σ) (Dhariwal & Nichol 2021):
     D'(x; σ, y) = D(x; σ) + s·σ²·∇_x log p_φ(y | x; σ).
 
@@ -214,14 +205,11 @@ class ClassifierGuidance:
             return out
         s2 = torch.where(finite, sigma.double() ** 2, torch.zeros_like(sigma, dtype=torch.float64))
         grad = self.grad_log_prob(x, sigma, y)
-        grad = torch.where(_rows(finite, x).bool(), grad, torch.zeros_like(grad))  # no NaN from σ = ∞ rows
-        return DenoiserOutput(out.denoised + self.scale * _rows(s2, x) * grad, out.var_frac)
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
-        return self.denoise(x, sigma, **cond).denoised
+        grad = torch.where(append_dims(finite, x).bool(), grad, torch.zeros_like(grad))  # no NaN from σ = ∞ rows
+        return DenoiserOutput(out.denoised + self.scale * append_dims(s2, x) * grad, out.var_frac)
 
 
-class Thresholded:
+class Thresholded(DenoiserWrapper):
     """x̂_0 → Imagen's dynamic thresholding at ``percentile`` (Saharia et al. 2022, Sec. 2.3): per sample
     s = max(1, quantile_p |x̂_0|), clip to [−s, s], divide by s. Wrap a guided denoiser with it for high
     guidance weights; uses :func:`undiffuse.diffusion.reverse.dynamic_threshold`."""
@@ -235,11 +223,8 @@ class Thresholded:
         out = denoise(self.denoiser, x, sigma, **cond)
         return DenoiserOutput(dynamic_threshold(out.denoised, self.percentile), out.var_frac)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
-        return self.denoise(x, sigma, **cond).denoised
 
-
-class Clipped:
+class Clipped(DenoiserWrapper):
     """x̂_0 → clip(x̂_0, lo, hi): static thresholding to the data range (Ho et al. 2020; Saharia et al.
     2022, Sec. 2.3); uses :func:`undiffuse.diffusion.reverse.clip_denoised`."""
 
@@ -251,9 +236,6 @@ class Clipped:
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> DenoiserOutput:
         out = denoise(self.denoiser, x, sigma, **cond)
         return DenoiserOutput(clip_denoised(out.denoised, self.lo, self.hi), out.var_frac)
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
-        return self.denoise(x, sigma, **cond).denoised
 
 
 class ClassConditionalMixtureOracle:

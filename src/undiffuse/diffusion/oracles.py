@@ -11,13 +11,13 @@ from typing import Optional
 
 import torch
 
-from undiffuse.diffusion.precond import DenoiserOutput
+from undiffuse.diffusion.precond import DenoiserOutput, DenoiserWrapper, append_dims
 from undiffuse.schedules.discrete import Schedule
 
 __all__ = ["GaussianOracle", "GaussianMixtureOracle"]
 
 
-class GaussianOracle:
+class GaussianOracle(DenoiserWrapper):
     """Data x_0 ~ N(m, s²·I). D*(x; σ) = m + s²/(s² + σ²)·(x − m); Var[x_0|x] = s²σ²/(s² + σ²).
 
     With ``schedule`` and ``optimal_variance`` it also returns the variance fraction ν that makes
@@ -31,7 +31,7 @@ class GaussianOracle:
         self.schedule, self.optimal_variance = schedule, optimal_variance
 
     def _gain(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        s2 = sigma.double().reshape(-1, *([1] * (x.ndim - 1))) ** 2
+        s2 = append_dims(sigma.double(), x.double()) ** 2
         return (self.s**2 / (self.s**2 + s2)).to(x.dtype)
 
     def posterior_var(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -45,11 +45,9 @@ class GaussianOracle:
         z = ((x0.double() - self.m) ** 2).reshape(x0.shape[0], -1).sum(1) / self.s**2
         return -0.5 * (z + d * math.log(2 * math.pi * self.s**2))
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
-        return self.denoise(x, sigma).denoised
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> DenoiserOutput:
-        inf = torch.isinf(sigma).reshape(-1, *([1] * (x.ndim - 1)))
+        inf = append_dims(torch.isinf(sigma), x)
         denoised = torch.where(inf, torch.full_like(x, self.m), self.m + self._gain(sigma, x) * (x - self.m))
         return DenoiserOutput(denoised, self._var_frac(sigma, x) if self.optimal_variance else None)
 
@@ -68,7 +66,7 @@ class GaussianOracle:
         log_small = sch.posterior_log_variance_clipped.to(sigma.device)[i]
         log_large = sch.betas.log().to(sigma.device)[i]
         frac = (var.log() - log_small) / (log_large - log_small)
-        return frac.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype).expand_as(x)
+        return append_dims(frac, x).expand_as(x)
 
 
 class GaussianMixtureOracle:

@@ -18,7 +18,7 @@ from torch import nn
 
 from undiffuse.schedules.discrete import Schedule
 
-__all__ = ["Denoiser", "DenoiserOutput", "Precond", "PARAMETERIZATIONS", "denoise", "precond_coefficients"]
+__all__ = ["allows_zero_terminal_snr", "Denoiser", "DenoiserOutput", "DenoiserWrapper", "append_dims", "Precond", "PARAMETERIZATIONS", "denoise", "precond_coefficients"]
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "edm")
 
@@ -73,9 +73,27 @@ def precond_coefficients(
     return c_skip, frac * sigma_data, c_in
 
 
-def _bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    c = c.to(x.dtype) if c.is_floating_point() else c  # keep boolean masks boolean (torch.where)
-    return c.reshape(-1, *([1] * (x.ndim - 1)))
+def allows_zero_terminal_snr(parameterization: str) -> bool:
+    """Whether a model of this parameterization can be trained and sampled with ᾱ_T = 0 (σ_T = ∞):
+    ε-prediction cannot — at σ = ∞ x̂_0 = (x − σ·ε̂) is undefined — x0 / v / EDM can (Lin et al. 2024).
+    The one place this rule lives."""
+    return parameterization != "eps"
+
+
+def append_dims(c, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample value c [B] (or a 0-d scalar) shaped [B, 1, …] to broadcast against x [B, …]
+    (k-diffusion's ``append_dims``). Floating values take x's dtype; boolean masks stay boolean."""
+    c = torch.as_tensor(c, device=x.device)
+    c = c.to(x.dtype) if c.is_floating_point() else c
+    return c if c.ndim == 0 else c.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class DenoiserWrapper:
+    """Base of the denoiser combinators (guidance, clipping, counting, oracles): a subclass implements
+    ``denoise(x, sigma, **cond) -> DenoiserOutput``; calling it returns x̂_0 = ``denoise(...).denoised``."""
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
+        return self.denoise(x, sigma, **cond).denoised
 
 
 class Precond(nn.Module):
@@ -98,13 +116,17 @@ class Precond(nn.Module):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
-        if schedule is not None and schedule.alpha_bar[-1] == 0 and parameterization == "eps":
+        if schedule is not None and schedule.alpha_bar[-1] == 0 and not allows_zero_terminal_snr(parameterization):
             raise ValueError("zero terminal SNR (ᾱ_T = 0) cannot be used with eps-prediction; use x0 or v")
         self.net = net
         self.parameterization = parameterization
         self.schedule = schedule
         self.learned_variance = learned_variance
         self.sigma_data = sigma_data
+
+    def with_net(self, net: nn.Module) -> "Precond":
+        """The same preconditioning around another network (the EMA copy, a DDP-wrapped one)."""
+        return Precond(net, self.parameterization, self.schedule, self.learned_variance, self.sigma_data)
 
     def c_noise(self, sigma: torch.Tensor) -> torch.Tensor:
         if self.schedule is None or self.parameterization == "edm":
@@ -114,8 +136,8 @@ class Precond(nn.Module):
     def scaled_input(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """c_in·x, the network's input (for VP models exactly x_t = √ᾱ_t·x)."""
         _, _, c_in = precond_coefficients(self.parameterization, sigma, self.sigma_data)
-        inf = _bcast(torch.isinf(sigma), x)
-        return torch.where(inf, x, x * _bcast(c_in, x))
+        inf = append_dims(torch.isinf(sigma), x)
+        return torch.where(inf, x, x * append_dims(c_in, x))
 
     def raw(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
         """The network output F(c_in·x, c_noise) (with variance channels, if any)."""
@@ -125,8 +147,8 @@ class Precond(nn.Module):
     def combine(self, x: torch.Tensor, sigma: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
         """D = c_skip·x + c_out·F (with c_skip·x → 0 at σ = ∞ for x0/v)."""
         c_skip, c_out, _ = precond_coefficients(self.parameterization, sigma, self.sigma_data)
-        skip = torch.where(_bcast(torch.isinf(sigma), x), torch.zeros_like(x), _bcast(c_skip, x) * x)
-        return skip + _bcast(c_out, x) * F.to(x.dtype)
+        skip = torch.where(append_dims(torch.isinf(sigma), x), torch.zeros_like(x), append_dims(c_skip, x) * x)
+        return skip + append_dims(c_out, x) * F.to(x.dtype)
 
     def split(self, out: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if not self.learned_variance:
@@ -144,7 +166,7 @@ class Precond(nn.Module):
     def target(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """What F should output for x = x_0 + σ·noise: (x_0 − c_skip·x)/c_out, in closed form per row
         (eps: noise; x0: x_0; v: (noise − σ·x_0)/√(1+σ²) = √ᾱ·ε − √(1−ᾱ)·x_0)."""
-        s = _bcast(sigma, x0)
+        s = append_dims(sigma, x0)
         if self.parameterization == "eps":
             return noise
         if self.parameterization == "x0":
@@ -152,4 +174,4 @@ class Precond(nn.Module):
         if self.parameterization == "v":
             return torch.where(torch.isinf(s), -x0, (noise - s * x0) / torch.sqrt(1 + s**2))
         c_skip, c_out, _ = precond_coefficients("edm", sigma, self.sigma_data)
-        return (x0 - _bcast(c_skip, x0) * (x0 + s * noise)) / _bcast(c_out, x0)
+        return (x0 - append_dims(c_skip, x0) * (x0 + s * noise)) / append_dims(c_out, x0)

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from undiffuse.diffusion.precond import DenoiserOutput, Precond, precond_coefficients
+from undiffuse.diffusion.precond import DenoiserOutput, DenoiserWrapper, Precond, append_dims, precond_coefficients
 from undiffuse.diffusion.process import q_sample
 from undiffuse.losses.vlb import LN2, vlb_term
 from undiffuse.schedules.discrete import Schedule
@@ -30,11 +30,6 @@ __all__ = ["WEIGHTINGS", "x0_weight", "denoising_loss", "hybrid_loss", "Importan
 
 WEIGHTINGS = ("eps", "x0", "v", "min_snr", "edm")
 _NATIVE = {"eps": "eps", "x0": "x0", "v": "v", "edm": "edm"}
-
-
-def _bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    c = c.to(x.dtype) if c.is_floating_point() else c  # keep boolean masks boolean (torch.where)
-    return c.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +70,7 @@ def denoising_loss(
     the VLB term without a second forward pass.
     """
     weighting = weighting or _NATIVE[precond.parameterization]
-    x = torch.where(_bcast(torch.isinf(sigma), x0), noise, x0 + _bcast(sigma, x0) * noise)
+    x = torch.where(append_dims(torch.isinf(sigma), x0), noise, x0 + append_dims(sigma, x0) * noise)
     F, var_frac = precond.split(precond.raw(x, sigma, **cond))
     target = precond.target(x0, noise, sigma)
     mse = mean_flat((F.float() - target.float()) ** 2)
@@ -107,7 +102,7 @@ def hybrid_loss(
     mse, F, var_frac = denoising_loss(precond, x0, sigma, noise, **cond)
     out = {"mse": mse, "loss": mse}
     if precond.learned_variance:
-        x = x0 + _bcast(sigma, x0) * noise
+        x = x0 + append_dims(sigma, x0) * noise
         frozen = _Frozen(precond.combine(x, sigma, F).detach(), var_frac)
         x_t = q_sample(schedule, x0, t, noise)
         dims = x0[0].numel()
@@ -117,7 +112,7 @@ def hybrid_loss(
     return out
 
 
-class _Frozen:
+class _Frozen(DenoiserWrapper):
     """A denoiser that returns a precomputed output (reuses one forward pass for the VLB term)."""
 
     def __init__(self, denoised: torch.Tensor, var_frac: Optional[torch.Tensor]) -> None:
@@ -125,9 +120,6 @@ class _Frozen:
 
     def denoise(self, x, sigma, **cond):
         return DenoiserOutput(*self.out)
-
-    def __call__(self, x, sigma, **cond):
-        return self.out[0]
 
 
 def sample_t(T: int, u: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from undiffuse.diffusion.precond import DenoiserOutput, denoise
+from undiffuse.diffusion.precond import DenoiserOutput, DenoiserWrapper, append_dims, denoise
 
-__all__ = ["Generators", "randn_like", "to_d", "bcast", "Counted", "emit", "denoiser_output"]
+__all__ = ["Generators", "randn_like", "to_d", "Counted", "emit", "denoiser_output"]
 
 Generators = Optional[Union[torch.Generator, Sequence[torch.Generator]]]
 
@@ -26,18 +26,10 @@ def randn_like(x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
     ).to(x.device)
 
 
-def bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A per-sample scalar [B] (or a 0-d scalar) shaped to broadcast against x [B, ...]."""
-    c = torch.as_tensor(c, device=x.device)
-    if c.ndim == 0:
-        return c.to(x.dtype)
-    return c.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-
-
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
     """dx/dσ = (x − D(x; σ))/σ, the probability-flow ODE in σ-space (Karras et al. 2022, Eq. 3 with
     σ(t) = t, s(t) = 1). At σ = ∞ the state already holds n = lim (x − D)/σ."""
-    s = bcast(sigma, x)
+    s = append_dims(sigma, x)
     return torch.where(torch.isinf(s), x, (x - denoised) / s)
 
 
@@ -53,7 +45,7 @@ def denoiser_output(denoiser: Callable, x: torch.Tensor, sigma, cond: dict) -> D
     return denoise(denoiser, x, s, **cond)
 
 
-class Counted:
+class Counted(DenoiserWrapper):
     """Wrap a denoiser and count its calls in ``nfe`` (network evaluations per sample: one call
     evaluates the whole batch once)."""
 
@@ -65,5 +57,3 @@ class Counted:
         self.nfe += 1
         return denoise(self.denoiser, x, sigma, **cond)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
-        return self.denoise(x, sigma, **cond).denoised

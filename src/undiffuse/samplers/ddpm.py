@@ -12,7 +12,8 @@ import torch
 
 from undiffuse.diffusion.process import q_posterior_mean_variance
 from undiffuse.diffusion.reverse import model_log_variance
-from undiffuse.samplers.common import Generators, bcast, denoiser_output, emit, randn_like, to_d
+from undiffuse.diffusion.precond import append_dims
+from undiffuse.samplers.common import Generators, denoiser_output, emit, randn_like, to_d
 from undiffuse.schedules.discrete import Schedule
 
 __all__ = ["sample_ddpm", "sample_ddim", "ancestral_step", "schedule_from_sigmas"]
@@ -28,7 +29,7 @@ def schedule_from_sigmas(sigmas: torch.Tensor, allow_zero_terminal_snr: bool = T
 
 def _vp(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """x_t = √ᾱ·x with ᾱ = 1/(1 + σ²); at σ = ∞ the state is n = x_t."""
-    s = bcast(sigma, x)
+    s = append_dims(sigma, x)
     return torch.where(torch.isinf(s), x, x / torch.sqrt(1 + s**2))
 
 

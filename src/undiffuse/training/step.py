@@ -188,8 +188,7 @@ class StepEngine:
         """Mean per-example loss of ``net`` (e.g. the EMA network) on ``val_batches`` fixed batches of
         held-out data, each with fixed draws of t and noise — comparable across the run."""
         tc = self.cfg.train
-        pre = Precond(net, self.precond.parameterization, self.schedule, self.precond.learned_variance,
-                      self.precond.sigma_data)  # fmt: skip
+        pre = self.precond.with_net(net)
         total, count = 0.0, 0
         for i in range(tc.val_batches):
             sel = torch.arange(i * tc.batch_size, (i + 1) * tc.batch_size) % len(x_val)

@@ -139,8 +139,7 @@ class _Run:
         precond = build_denoiser(cfg, self.data.info).to(ctx.device)
         self.precond = precond
         train_net = D.wrap_ddp(precond.net, ctx)
-        train_precond = Precond(train_net, precond.parameterization, precond.schedule, precond.learned_variance,
-                                precond.sigma_data)  # fmt: skip
+        train_precond = precond.with_net(train_net)
         self.ema = EMA(precond.net)
         dtype, use_scaler = resolve_precision(cfg.train.precision, ctx.device)
         scaler = torch.amp.GradScaler(ctx.device.type) if use_scaler else None
@@ -268,7 +267,7 @@ class _Run:
         from undiffuse.sampling import sample
 
         p = self.precond
-        ema_pre = Precond(self.ema.module, p.parameterization, p.schedule, p.learned_variance, p.sigma_data)
+        ema_pre = p.with_net(self.ema.module)
         model = Model(ema_pre, p.schedule, self.cfg, self.data.info, self.step)
         tc = self.cfg.train
         cond: dict = {}
