@@ -77,15 +77,19 @@ class DataConfig:
     limit: use only the first ``limit`` training examples (None: all).
     val_split: the held-out split for the validation loss (a fixed slice of the training data is used
         where the dataset has no such split).
+    patch_size, patches_per_image: for ``patches:PATH`` and ``medical`` data only — the side of the
+        square patches cut at full resolution and how many per image and split (None: 32 and 256).
     """
 
     name: str = "fashion-mnist"
     image_size: Optional[int] = None
     limit: Optional[int] = None
     val_split: str = "test"
+    patch_size: Optional[int] = None
+    patches_per_image: Optional[int] = None
 
     def __post_init__(self) -> None:
-        _positive(self, "image_size", "limit")
+        _positive(self, "image_size", "limit", "patch_size", "patches_per_image")
 
 
 @dataclass(frozen=True)
