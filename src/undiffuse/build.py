@@ -111,16 +111,10 @@ def build_network(cfg: ModelConfig, info: DataInfo, learned_variance: bool = Fal
         c, h, _ = info.shape
         if cfg.sr_from is not None and not cfg.sr_from < h:
             raise ConfigError(f"model.sr_from = {cfg.sr_from} must be below the image size {h} — e.g. {h // 2}")
-        return UNet(
-            in_channels=c, out_channels=c * mult, base_channels=cfg.base_channels, channel_mult=cfg.channel_mult,
-            num_res_blocks=cfg.num_res_blocks, attn_resolutions=cfg.attn_resolutions, dropout=cfg.dropout,
-            num_groups=cfg.num_groups, image_size=h, num_classes=num_classes, num_heads=cfg.num_heads,
-            scale_shift=cfg.scale_shift, cond_dim=TEXT_DIM if cfg.text_cond else None,
-            extra_in_channels=c if cfg.sr_from else 0,
-        )  # fmt: skip
+        return UNet.from_config(cfg, in_channels=c, out_channels=c * mult, image_size=h, num_classes=num_classes,
+                                cond_dim=TEXT_DIM if cfg.text_cond else None, extra_in_channels=c if cfg.sr_from else 0)  # fmt: skip
     (d,) = info.shape
-    return MLP(d, hidden=cfg.hidden, depth=cfg.depth, emb_dim=cfg.emb_dim, num_classes=num_classes,
-               dropout=cfg.dropout, out_dim=d * mult)  # fmt: skip
+    return MLP.from_config(cfg, dim=d, num_classes=num_classes, out_dim=d * mult)
 
 
 def build_denoiser(cfg: RunConfig, info: DataInfo, schedule: Optional[Schedule] = None) -> Precond:

@@ -30,7 +30,13 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Optional, Union
 
+from undiffuse.diffusion.precond import PARAMETERIZATIONS  # one vocabulary: the math modules' names
+from undiffuse.diffusion.reverse import VAR_TYPES
 from undiffuse.errors import ConfigError
+from undiffuse.losses.denoising import WEIGHTINGS
+from undiffuse.nn.mlp import MLPConfig
+from undiffuse.nn.unet import UNetConfig
+from undiffuse.schedules.discrete import SCHEDULES
 
 __all__ = [
     "DataConfig",
@@ -93,11 +99,14 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """The network. ``arch="auto"`` picks the UNet for images and the MLP for vectors.
+class ModelConfig(UNetConfig, MLPConfig):
+    """The network. ``arch="auto"`` picks the network of the data's kind (the UNet for images, the MLP
+    for vectors: :data:`undiffuse.data.kinds.KINDS`).
 
-    UNet fields: base_channels, channel_mult, num_res_blocks, attn_resolutions, dropout, num_groups,
-    num_heads, scale_shift. MLP fields: hidden, depth, emb_dim (and dropout).
+    Each network owns its hyperparameters — :class:`~undiffuse.nn.UNetConfig` (base_channels,
+    channel_mult, num_res_blocks, attn_resolutions, dropout, num_groups, num_heads, scale_shift) and
+    :class:`~undiffuse.nn.MLPConfig` (hidden, depth, emb_dim, dropout) — and this class inherits their
+    fields, so ``--set model.base_channels=64`` works and a new network option is one field there.
     class_cond: condition on class labels (with classifier-free label dropout ``train.cond_drop``).
     text_cond: condition on captions of the labelled data through the frozen sentence encoder
         (cross-attention, ``cond_dim`` 384; caption dropout ``train.cond_drop``); needs ``undiffuse[text]``.
@@ -106,37 +115,22 @@ class ModelConfig:
     """
 
     arch: str = "auto"
-    base_channels: int = 32
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
-    attn_resolutions: tuple[int, ...] = (7,)
-    dropout: float = 0.1
-    num_groups: int = 8
-    num_heads: int = 1
-    scale_shift: bool = False
-    hidden: int = 256
-    depth: int = 4
-    emb_dim: int = 128
     class_cond: bool = False
     text_cond: bool = False
     sr_from: Optional[int] = None
 
     def __post_init__(self) -> None:
+        for network in (UNetConfig, MLPConfig):
+            try:
+                network.__post_init__(self)
+            except ValueError as e:
+                raise ConfigError(f"model.{e}") from e
         _choice(self, "arch", ("auto", "unet", "mlp"))
         _positive(self, "sr_from")
         if self.class_cond and self.text_cond:
             raise ConfigError("model.class_cond and model.text_cond are exclusive — captions already carry the class; set one")
-        _positive(self, "base_channels", "num_res_blocks", "num_groups", "num_heads", "hidden", "depth", "emb_dim")
-        if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
-            raise ConfigError(f"model.channel_mult = {self.channel_mult} needs ≥ 1 positive multipliers — e.g. 1,2,2")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"model.dropout = {self.dropout} must lie in [0, 1) — e.g. 0.1")
 
 
-PARAMETERIZATIONS = ("eps", "x0", "v", "edm")
-WEIGHTINGS = ("eps", "x0", "v", "min_snr", "edm")
-VAR_TYPES = ("fixed_small", "fixed_large", "learned")
-SCHEDULES = ("linear", "exponential", "constant", "cosine", "sigmoid", "betas", "alpha_bar")
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,16 @@ field with ``UNet(**{**UNET_PRESETS[name], "out_channels": 2})`` (e.g. for a lea
 from __future__ import annotations
 
 from undiffuse.nn.embeddings import TimestepEmbedding, group_norm, num_groups_for, timestep_embedding
-from undiffuse.nn.mlp import MLP
-from undiffuse.nn.unet import UNet
+from undiffuse.nn.mlp import MLP, MLPConfig
+from undiffuse.nn.unet import UNet, UNetConfig
 
 __all__ = [
     "MLP",
+    "MLPConfig",
     "UNET_PRESETS",
     "TimestepEmbedding",
     "UNet",
+    "UNetConfig",
     "group_norm",
     "num_groups_for",
     "timestep_embedding",

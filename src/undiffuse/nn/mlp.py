@@ -8,7 +8,8 @@ index ``num_classes`` is the classifier-free-guidance null label (Ho & Salimans 
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass, fields
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,25 @@ from torch import nn
 
 from undiffuse.nn.embeddings import TimestepEmbedding, zero_
 
-__all__ = ["MLP"]
+__all__ = ["MLPConfig", "MLP"]
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """The MLP's own hyperparameters (see :class:`MLP`); data sizes come at build time
+    (:meth:`MLP.from_config`). ``undiffuse.config.ModelConfig`` inherits these fields."""
+
+    hidden: int = 256
+    depth: int = 4
+    emb_dim: int = 128
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "depth", "emb_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} = {getattr(self, name)} must be > 0 — set a positive value")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout = {self.dropout} must lie in [0, 1) — e.g. 0.1")
 
 
 class _Block(nn.Module):
@@ -29,6 +48,12 @@ class _Block(nn.Module):
         self.linear1 = nn.Linear(hidden, hidden)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = zero_(nn.Linear(hidden, hidden))
+
+    @classmethod
+    def from_config(cls, cfg: Any, **data_sizes: Any) -> "MLP":
+        """An MLP with the :class:`MLPConfig` fields of ``cfg`` and the data-derived ``data_sizes``
+        (dim, num_classes, out_dim)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(MLPConfig)}, **data_sizes)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         r = F.silu(self.norm(h) + self.emb(emb))

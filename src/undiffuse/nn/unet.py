@@ -21,7 +21,8 @@ to the skip's exact size. ``model.to(memory_format=torch.channels_last)`` is sup
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from torch import nn
 
 from undiffuse.nn.embeddings import TimestepEmbedding, group_norm, zero_
 
-__all__ = ["UNet"]
+__all__ = ["UNetConfig", "UNet"]
 
 
 class ResBlock(nn.Module):
@@ -161,6 +162,32 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, size=tuple(size), mode="nearest"))
 
 
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The UNet's own hyperparameters (see :class:`UNet`); the sizes that follow from the data
+    (channels, image size, classes, conditioning width) are given at build time by :meth:`UNet.from_config`.
+    ``undiffuse.config.ModelConfig`` inherits these fields, so a new UNet option is one field here."""
+
+    base_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (7,)
+    dropout: float = 0.1
+    num_groups: int = 8
+    num_heads: int = 1
+    scale_shift: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("base_channels", "num_res_blocks", "num_groups", "num_heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} = {getattr(self, name)} must be > 0 — set a positive value")
+        if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
+            raise ValueError(f"channel_mult = {self.channel_mult} needs ≥ 1 positive multipliers — e.g. 1,2,2")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout = {self.dropout} must lie in [0, 1) — e.g. 0.1")
+
+
 class UNet(nn.Module):
     """The U-Net of Ho et al. (2020) as ``net(x_in, c_noise, **cond) -> Tensor``.
 
@@ -251,6 +278,13 @@ class UNet(nn.Module):
         elif class_labels is not None:
             raise ValueError("class_labels given but the UNet was built with num_classes=None")
         return F.silu(emb)
+
+    @classmethod
+    def from_config(cls, cfg: Any, **data_sizes: Any) -> "UNet":
+        """A UNet with the :class:`UNetConfig` fields of ``cfg`` (a UNetConfig or anything carrying its
+        fields, e.g. ``ModelConfig``) and the data-derived ``data_sizes`` (in_channels, out_channels,
+        image_size, num_classes, cond_dim, extra_in_channels)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(UNetConfig)}, **data_sizes)
 
     def forward(
         self,
