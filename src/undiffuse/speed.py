@@ -32,6 +32,7 @@ from torch import nn
 
 __all__ = [
     "CudaGraphDenoiser",
+    "GraphedNet",
     "TrainOptions",
     "autocast",
     "autocast_dtype",
@@ -206,7 +207,7 @@ def default_sample_options(device: DeviceLike) -> TrainOptions:
 
 
 # --- CUDA graphs ----------------------------------------------------------------------------------
-class _GraphedNet(nn.Module):
+class GraphedNet(nn.Module):
     """A network whose calls are replayed from CUDA graphs, one per (input shape, dtype, autocast
     state). Keyword conditioning and calls with autograd enabled fall back to eager."""
 
@@ -264,7 +265,7 @@ class CudaGraphDenoiser(nn.Module):
             raise RuntimeError(f"CUDA graphs need a CUDA device; this network is on {dev.type}")
         inner = copy.copy(denoiser)  # shares parameters and schedule; only .net is swapped
         inner._modules = dict(denoiser._modules)
-        inner._modules["net"] = _GraphedNet(net, warmup)
+        inner._modules["net"] = GraphedNet(net, warmup)
         self.inner = inner
 
     def __getattr__(self, name: str) -> Any:

@@ -67,16 +67,20 @@ def _slug(device: Union[str, torch.device]) -> str:
 
 
 def versions() -> dict:
-    """torch, diffusers (None when absent), undiffuse and python versions."""
-    import undiffuse
+    """torch, diffusers (None when absent), undiffuse (its installed distribution's) and python versions."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        uv: Optional[str] = version("undiffuse")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        uv = None
     try:
         import diffusers
 
         dv: Optional[str] = diffusers.__version__
     except ImportError:
         dv = None
-    return {"torch": torch.__version__, "diffusers": dv, "undiffuse": undiffuse.__version__,
+    return {"torch": torch.__version__, "diffusers": dv, "undiffuse": uv,
             "python": platform.python_version()}  # fmt: skip
 
 

@@ -208,9 +208,9 @@ def sampler_fn(setup: Setup, steps: int = 50, run_steps: Optional[int] = None, s
     else:
         from diffusers import DDIMScheduler
 
-        from undiffuse.speed import _GraphedNet
+        from undiffuse.speed import GraphedNet
 
-        model = _GraphedNet(counter) if setup.cuda_graph and dev.type == "cuda" else counter
+        model = GraphedNet(counter) if setup.cuda_graph and dev.type == "cuda" else counter
         scheduler = DDIMScheduler(num_train_timesteps=T_TRAIN, clip_sample=False, timestep_spacing="trailing")
         scheduler.set_timesteps(steps, device=dev)
         timesteps = scheduler.timesteps[:run_steps]

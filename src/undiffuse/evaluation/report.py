@@ -30,7 +30,6 @@ Every result carries ``protocol``: number of samples, reference data, split and 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import time
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import atomic_path
+from ..io import atomic_path, jsonable
 from .classifier import SmallClassifier, accuracy, train_classifier
 from .frechet import frechet_distance_from_features, kid
 from .prdc import prdc
@@ -345,22 +344,6 @@ def _cached_ref_features(name: str, split: str, n: int, feats, images_fn) -> tor
 # --- reports ------------------------------------------------------------------------------------------
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        obj = obj.item()
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -399,7 +382,7 @@ def write_report(result: dict, out_prefix: Union[str, os.PathLike], title: str =
         if prefix.endswith(ext):
             prefix = prefix[: -len(ext)]
     pj, pm = Path(prefix + ".json"), Path(prefix + ".md")
-    clean = _jsonable(result)
+    clean = jsonable(result)
     with atomic_path(pj) as tmp:
         Path(tmp).write_text(json.dumps(clean, indent=2) + "\n")
     with atomic_path(pm) as tmp:

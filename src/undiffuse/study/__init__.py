@@ -15,20 +15,13 @@ Budgets are *CPU* seconds of the training process (``time.process_time``) with o
 every model: the machines this runs on are shared, and wall-clock budgets would hand each model
 whatever share of the cores the other jobs left. With one thread, a CPU second is a second of one
 core. Baselines train in chunks of steps with exact resume (the chunking only adds checkpoint writes).
+
+Modules, bottom to top: ``common`` (datasets, units, settings, the CPU clock, reading results), ``peer``
+(diffusers' recipe), ``units`` (one unit: train, sample, evaluate), ``summary`` (aggregation, cost, FID,
+plots), ``run`` (:func:`run_study`: the units, then the summary).
 """
 
-from undiffuse.study.peer import PEER_SAMPLER, PEER_TRAIN, PEER_UNET, sample_peer, train_peer
-from undiffuse.study.summary import (
-    METRICS,
-    aggregate,
-    fid_report,
-    measure_cost,
-    merge_fid,
-    plot_study,
-    run_fid,
-    summary_markdown,
-)
-from undiffuse.study.units import (
+from undiffuse.study.common import (
     FMNIST,
     FMNIST_MODELS,
     TOY_DIFFUSION_OVERRIDES,
@@ -40,11 +33,22 @@ from undiffuse.study.units import (
     Unit,
     fmnist_units,
     load_results,
-    run_study,
-    run_unit,
     toy_diffusion_overrides,
     toy_units,
 )
+from undiffuse.study.peer import PEER_SAMPLER, PEER_TRAIN, PEER_UNET, sample_peer, train_peer
+from undiffuse.study.run import run_study
+from undiffuse.study.summary import (
+    METRICS,
+    aggregate,
+    fid_report,
+    measure_cost,
+    merge_fid,
+    plot_study,
+    run_fid,
+    summary_markdown,
+)
+from undiffuse.study.units import run_unit
 
 __all__ = [
     "FMNIST", "FMNIST_MODELS", "METRICS", "PEER_SAMPLER", "PEER_TRAIN", "PEER_UNET", "TOYS", "TOY_DIFFUSION_OVERRIDES",

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from undiffuse.study.units import FMNIST, CpuBudget, _write_json
+from undiffuse.io import write_json
+from undiffuse.study.common import FMNIST, CpuBudget
 
 # --- the peer row: diffusers' own unconditional-training recipe -------------------------------------------
 
@@ -90,8 +91,8 @@ def train_peer(run_dir: Path, budget: float, seed: int) -> dict:
     ema.copy_to(model.parameters())
     model.save_pretrained(run_dir / "unet", safe_serialization=True)
     sched.save_pretrained(run_dir / "scheduler")
-    _write_json(run_dir / "peer.json", {"unet": PEER_UNET, "train": PEER_TRAIN, "steps": step,
-                                         "cosine_horizon": horizon["steps"], "sampler": PEER_SAMPLER})  # fmt: skip
+    write_json(run_dir / "peer.json", {"unet": PEER_UNET, "train": PEER_TRAIN, "steps": step,
+                                        "cosine_horizon": horizon["steps"], "sampler": PEER_SAMPLER})  # fmt: skip
     return {"steps": step, "cpu_seconds": clock.used, "loss": float(np.mean(losses[-50:])) if losses else None,
             "params": sum(p.numel() for p in model.parameters()), "cosine_horizon": horizon["steps"],
             "batch_size": hp["batch"], "nan_loss": nan, "has_checkpoint": True, "recipe": {**PEER_UNET, **PEER_TRAIN}}  # fmt: skip

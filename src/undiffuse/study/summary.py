@@ -12,8 +12,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from undiffuse.study.peer import sample_peer
-from undiffuse.study.units import (
+from undiffuse.io import write_json
+from undiffuse.study.common import (
     FMNIST,
     FMNIST_MODELS,
     FMNIST_SAMPLER,
@@ -21,9 +21,9 @@ from undiffuse.study.units import (
     TOY_SAMPLER,
     TOYS,
     Unit,
-    _write_json,
     load_results,
 )
+from undiffuse.study.peer import sample_peer
 
 # --- aggregation -----------------------------------------------------------------------------------------
 
@@ -142,7 +142,7 @@ def measure_cost(out_dir: str | os.PathLike, n_toy: int = 200, n_image: int = 50
             f"{n} samples in one batch, 1 torch thread, process CPU time (model loading included)"
         )
         log(f"[study] cost of {r['name']}: {r['cpu_seconds_per_sample']:.3g} CPU s / sample")
-        _write_json(out / f"{r['name']}.json", r)
+        write_json(out / f"{r['name']}.json", r)
 
 
 # --- FID stage and plots -----------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def run_fid(out_dir: str | os.PathLike, unit_names: Sequence[str], n: int, n_ref
         if not path.is_file() and samples.is_file():
             x = np.load(samples, allow_pickle=False)[:n]
             log(f"[study] FID of {name}: {len(x)} samples vs the test split on {device}")
-            _write_json(path, fid_report(x, device, n_ref))
+            write_json(path, fid_report(x, device, n_ref))
         merge_fid(out, name)
 
 
@@ -185,7 +185,7 @@ def merge_fid(out_dir: str | os.PathLike, name: str) -> Optional[dict]:
     d = json.loads(unit_json.read_text())
     d.update(fid=r.get("fid"), fid_protocol=r.get("fid_protocol"), kid=r.get("kid"), kid_std=r.get("kid_std"),
              fid_device=r.get("device"))  # fmt: skip
-    _write_json(unit_json, d)
+    write_json(unit_json, d)
     return d
 
 

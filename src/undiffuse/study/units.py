@@ -1,195 +1,29 @@
-"""Units of the study: (dataset, model, seed) cells, their budgets, training and evaluation."""
+"""One unit of the study, (dataset, model, seed): train for the budget, then sample and evaluate."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from undiffuse.io import atomic_path
-
-__all__ = [
-    "FMNIST",
-    "FMNIST_MODELS",
-    "TOYS",
-    "TOY_MODELS",
-    "CpuBudget",
-    "StudySettings",
-    "Unit",
-    "fmnist_units",
-    "load_results",
-    "run_study",
-    "run_unit",
-    "toy_diffusion_overrides",
-    "toy_units",
-]
-
-TOYS = ("toy:25gaussians", "toy:8gaussians")
-TOY_MODELS = ("diffusion", "gan", "vae")
-FMNIST = "fashion-mnist"
-FMNIST_MODELS = ("diffusion", "gan", "vae", "diffusers")
-
-# The diffusion settings of the toy units, on top of the ``toy`` preset (config.py is not changed):
-# no periodic samples/validation/checkpoints inside the budget, a horizon the budget always stops first.
-# Batch 256 and a cosine decay of the learning rate to 1e-5 over the steps the budget affords
-# (TOY_STEPS_PER_CPU_SECOND, measured: 1,317 steps in 30 CPU-s, 11,352 in 240 CPU-s; the toy preset keeps a
-# constant rate): on 25 Gaussians, more steps per CPU second and an annealed rate gave the sharpest modes.
-TOY_DIFFUSION_OVERRIDES = ("train.sample_every=0", "train.val_every=0", "train.ckpt_every=0", "train.steps=100000000",
-                           "train.batch_size=256", "train.lr_schedule=cosine", "train.min_lr=1e-5")  # fmt: skip
-TOY_STEPS_PER_CPU_SECOND = 46.0
-
-
-def toy_diffusion_overrides(budget: float) -> tuple[str, ...]:
-    """The toy units' overrides with the cosine horizon of ``budget`` CPU seconds (rounded to 100 steps)."""
-    decay = max(100, int(round(TOY_STEPS_PER_CPU_SECOND * budget / 100)) * 100)
-    return (*TOY_DIFFUSION_OVERRIDES, f"train.decay_steps={decay}")
-
-
-TOY_SAMPLER = ("ddpm", 1000)  # ancestral sampling over all T steps: the precise one on σ = 0.02–0.05 modes
-FMNIST_DIFFUSION_OVERRIDES = (
-    "train.sample_every=0",
-    "train.val_every=0",
-    "train.ckpt_every=0",
-    "train.steps=100000000",
+from undiffuse.study.common import (
+    FMNIST_DIFFUSION_OVERRIDES,
+    FMNIST_SAMPLER,
+    TOY_SAMPLER,
+    CpuBudget,
+    StudySettings,
+    Unit,
+    toy_diffusion_overrides,
 )
-FMNIST_SAMPLER = ("ddim", 50)
+from undiffuse.study.peer import sample_peer, train_peer
 
-
-@dataclass(frozen=True)
-class Unit:
-    """One (dataset, model, seed) cell of the study."""
-
-    dataset: str
-    model: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.dataset.replace(':', '_')}-{self.model}-s{self.seed}"
-
-
-@dataclass
-class StudySettings:
-    """Budgets and sizes. ``toy_seconds`` / ``fmnist_seconds`` are CPU seconds of training per unit."""
-
-    toy_seconds: float = 240.0
-    fmnist_seconds: float = 600.0
-    toy_samples: int = 2500
-    fmnist_samples: int = 1000
-    nll_n_toy: int = 500
-    nll_n_fmnist: int = 500
-    nll_nt: int = 50
-    threads: int = 1
-    fid_samples: int = 2000
-
-
-def toy_units(seeds: int) -> list[Unit]:
-    return [Unit(d, m, s) for d in TOYS for s in range(seeds) for m in TOY_MODELS]
-
-
-def fmnist_units(seeds: int) -> list[Unit]:
-    # seed-major: one seed of every model first, so a short sitting still yields a full comparison
-    return [Unit(FMNIST, m, s) for s in range(seeds) for m in FMNIST_MODELS]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from undiffuse.evaluation.report import _jsonable
-
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
-
-
-def run_study(
-    out_dir: str | os.PathLike, units: Sequence[Unit], settings: Optional[StudySettings] = None,
-    runner: Optional[Callable[[Unit, Path, StudySettings], dict]] = None, log: Callable[[str], None] = print,
-) -> list[dict]:  # fmt: skip
-    """Run every unit whose ``OUT/<unit>.json`` does not exist yet (in order), then write the summary.
-
-    ``runner(unit, run_dir, settings) -> dict`` does the work (default :func:`run_unit`); a runner that
-    raises leaves no JSON, so the unit is retried on the next call. Returns the results of all units
-    (finished before or now), in order.
-    """
-    settings = settings or StudySettings()
-    runner = runner or run_unit
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _ensure_gitignore(out)
-    results = []
-    for unit in units:
-        path = out / f"{unit.name}.json"
-        if path.is_file():
-            log(f"[study] {unit.name}: done already ({path.name}), skipped")
-            results.append(json.loads(path.read_text()))
-            continue
-        log(f"[study] {unit.name}: running")
-        t0 = time.perf_counter()
-        res = runner(unit, out / "runs" / unit.name, settings)
-        res = {"unit": asdict(unit), "name": unit.name, **res, "unit_wall_seconds": time.perf_counter() - t0}
-        _write_json(path, res)
-        log(f"[study] {unit.name}: {_brief(res)}")
-        results.append(res)
-    from undiffuse.study.summary import aggregate, summary_markdown
-
-    all_results = load_results(out)
-    _write_json(out / "summary.json", aggregate(all_results))
-    with atomic_path(out / "summary.md") as tmp:
-        Path(tmp).write_text(summary_markdown(aggregate(all_results)))
-    return results
-
-
-def _ensure_gitignore(out: Path) -> None:
-    gi = out / ".gitignore"
-    if not gi.exists():
-        gi.write_text(
-            "# trained runs and samples stay local; the per-unit JSON and the summaries are committed\nruns/\n*.npy\n"
-        )
-
-
-def load_results(out: str | os.PathLike) -> list[dict]:
-    """Every finished unit's JSON in OUT (not the summary)."""
-    res = []
-    for p in sorted(Path(out).glob("*.json")):
-        if p.name.startswith("summary"):
-            continue
-        try:
-            d = json.loads(p.read_text())
-        except ValueError:
-            continue
-        if "unit" in d:
-            res.append(d)
-    return res
-
-
-def _brief(r: dict) -> str:
-    keys = ("modes_covered", "high_quality_share", "classifier_fd", "precision", "recall", "bits_per_dim",
-            "seconds_per_sample", "train_steps", "collapsed")  # fmt: skip
-    return ", ".join(
-        f"{k}={r[k]:.4g}" if isinstance(r.get(k), float) else f"{k}={r.get(k)}" for k in keys if k in r
-    )
-
-
-# --- one unit ------------------------------------------------------------------------------------------
-
-
-class CpuBudget:
-    """CPU seconds of this process since creation (``time.process_time``)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds, self.t0 = seconds, time.process_time()
-
-    @property
-    def used(self) -> float:
-        return time.process_time() - self.t0
-
-    def expired(self) -> bool:
-        return self.used >= self.seconds
+__all__ = ["run_unit"]
 
 
 def run_unit(unit: Unit, run_dir: Path, settings: StudySettings) -> dict:
@@ -203,8 +37,6 @@ def run_unit(unit: Unit, run_dir: Path, settings: StudySettings) -> dict:
     elif unit.model in ("gan", "vae"):
         train = _train_baseline(unit, run_dir, budget, toy)
     elif unit.model == "diffusers":
-        from undiffuse.study.peer import train_peer
-
         train = train_peer(run_dir, budget, unit.seed)
     else:
         raise ValueError(f"unknown model {unit.model!r}")
@@ -258,10 +90,10 @@ def _train_diffusion(unit: Unit, run_dir: Path, budget: float, toy: bool) -> dic
             raise  # anything else (disk, directory) is not a result: no JSON, the unit is retried
         out.update(failed=True, nan_loss=True, error=str(e), cpu_seconds=clock.used)
     out["has_checkpoint"] = any(run_dir.glob("**/ema.safetensors"))
-    import undiffuse.api as api
-
     if out["has_checkpoint"]:
-        m = api.load(run_dir, device="cpu")
+        from undiffuse.model import load
+
+        m = load(run_dir, device="cpu")
         out["params"] = sum(p.numel() for p in m.denoiser.net.parameters())
     return out
 
@@ -313,8 +145,6 @@ def _evaluate_unit(unit: Unit, run_dir: Path, settings: StudySettings, toy: bool
     n = settings.toy_samples if toy else settings.fmnist_samples
     res: dict[str, Any] = {}
     if unit.model == "diffusers":
-        from undiffuse.study.peer import sample_peer
-
         x, info = sample_peer(run_dir, n, seed=0)
     else:
         sampler, steps = TOY_SAMPLER if toy else FMNIST_SAMPLER
@@ -342,10 +172,11 @@ def _nll(unit: Unit, run_dir: Path, settings: StudySettings, toy: bool) -> Optio
     n = settings.nll_n_toy if toy else settings.nll_n_fmnist
     t0 = time.perf_counter()
     if unit.model == "diffusion":
-        import undiffuse.api as api
+        from undiffuse.evaluation.nll import eval_data, nll
+        from undiffuse.model import load
 
-        m = api.load(run_dir, device="cpu")
-        r = api.nll(m, api.eval_data(m, None, "test", n), n_t=settings.nll_nt)
+        m = load(run_dir, device="cpu")
+        r = nll(m, eval_data(m, None, "test", n), n_t=settings.nll_nt)
         r = {k: v for k, v in r.items() if k != "kl_strata"}
         r["bound"] = f"VLB, stratified over t (n_t = {settings.nll_nt})"
     elif unit.model == "vae":
