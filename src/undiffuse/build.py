@@ -82,8 +82,11 @@ def build_schedule(cfg: DiffusionConfig) -> Schedule:
 
 
 def resolve_arch(cfg: ModelConfig, info: DataInfo) -> str:
-    """"unet" for images, "mlp" for vectors (or what ``model.arch`` says, if it fits the data)."""
-    arch = cfg.arch if cfg.arch != "auto" else ("unet" if info.kind == "image" else "mlp")
+    """The default network of the data's kind (:data:`undiffuse.data.kinds.KINDS`: "unet" for images,
+    "mlp" for vectors), or what ``model.arch`` says, if it fits the data."""
+    from undiffuse.data.kinds import kind_of
+
+    arch = cfg.arch if cfg.arch != "auto" else kind_of(info.kind).arch
     want = 3 if arch == "unet" else 1
     if len(info.shape) != want:
         raise ConfigError(f"model.arch = {arch} does not fit data of shape {info.shape} — use model.arch=auto")
