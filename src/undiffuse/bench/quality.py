@@ -202,14 +202,14 @@ def quality_rows(
     run: Union[str, os.PathLike, tuple], label: str, device: Union[str, torch.device] = "cpu", *,
     n: int = 64, with_diffusers: bool = True, **kw,
 ) -> tuple[list[dict], dict]:  # fmt: skip
-    """(rows, details) for a trained run directory (loaded with ``undiffuse.api.load``, raw weights
+    """(rows, details) for a trained run directory (loaded with ``undiffuse.model.load``, raw weights
     of the EMA) or a tuple (denoiser, schedule, shape[, mixture])."""
     mixture = None
     if isinstance(run, tuple):
         denoiser, schedule, shape = run[:3]
         mixture = run[3] if len(run) > 3 else None
     else:
-        from undiffuse.api import load
+        from undiffuse.model import load
 
         model = load(run, device=device)
         denoiser, schedule, shape = model.denoiser, model.schedule, model.data.shape
