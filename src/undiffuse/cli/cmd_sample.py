@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from undiffuse.cli.common import add_device, positive_int
+from undiffuse.schedules.grids import GRIDS
 
 
 def add_parser(sub) -> None:
@@ -16,9 +17,12 @@ def add_parser(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory")
     p.add_argument("--n", type=positive_int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="seed: sample i depends only on (seed, i)")
-    p.add_argument("--sampler", default="ddim", help="ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_3m, unipc")
+    p.add_argument("--sampler", default="ddim",
+                   help="ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_3m, unipc; for few steps (5–20) "
+                   "use unipc or dpmpp_2m (each on its measured default grid: benchmarks/README.md)")
     p.add_argument("--steps", type=positive_int, default=50, help="sampler steps (a subset of the T training steps)")
-    p.add_argument("--spacing", default="uniform", help="step spacing: uniform, trailing, leading")
+    p.add_argument("--spacing", default=None, choices=GRIDS, metavar="GRID",
+                   help=f"σ grid: {', '.join(GRIDS)} (default: the sampler's own, chosen by measurement)")
     p.add_argument("--eta", type=float, default=None,
                    help="η in [0, 1] for ddim (default 0: deterministic) and euler_ancestral (default 1)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="samples per batch (does not change the samples)")
