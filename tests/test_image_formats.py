@@ -180,15 +180,16 @@ def test_patches_are_crops_of_the_image_and_splits_do_not_overlap(tmp_path):
     opts = dict(patch_size=8, patches_per_image=50)
     train, test = (load_dataset(f"patches:{tmp_path / 'big.png'}", s, **opts) for s in ("train", "test"))
     assert train.x.shape == test.x.shape == (50, 1, 8, 8) and not train.discrete_8bit
-    cols = {}
+    strip = max(int(np.ceil(TEST_FRACTION * w)), 8)
+    lo, hi = (w - strip) // 2, (w - strip) // 2 + strip  # the centred test strip of columns
     for split, ds in (("train", train), ("test", test)):
         lv = levels16(ds.x)[..., 0]  # [N, 8, 8]
-        top_left = lv[:, :1, :1]
         offsets = np.arange(8)[:, None] * w + np.arange(8)[None, :]
-        assert np.array_equal(lv, top_left + offsets)  # each patch is a contiguous 8×8 crop
-        cols[split] = lv % w
-    cut = w - max(int(np.ceil(TEST_FRACTION * w)), 8)
-    assert cols["train"].max() < cut <= cols["test"].min()  # no test pixel was ever a training pixel
+        assert np.array_equal(lv, lv[:, :1, :1] + offsets)  # each patch is a contiguous 8×8 crop
+        in_strip = (lv % w >= lo) & (lv % w < hi)
+        assert in_strip.all() if split == "test" else not in_strip.any()  # no test pixel is ever trained on
+    left = levels16(train.x)[:, 0, 0, 0] % w < lo
+    assert 0 < left.sum() < len(left)  # training patches come from both sides of the strip
 
 
 def test_patches_are_deterministic_and_prefix_stable(tmp_path):
