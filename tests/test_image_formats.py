@@ -201,14 +201,16 @@ def test_patches_are_deterministic_and_prefix_stable(tmp_path):
     assert torch.equal(a, b) and a.shape == (12, 1, 8, 8)
     assert torch.equal(c[:3], a[:3]) and torch.equal(c[3:], a[6:9])  # more patches keep the first ones
     assert len({tuple(p.flatten()[:1].tolist()) for p in a[:6]}) > 1  # not one position repeated
-    resized = load_dataset(f"patches:{tmp_path}", image_size=4, patch_size=8, patches_per_image=3)
-    assert resized.x.shape == (6, 1, 4, 4)
+    by_size = load_dataset(f"patches:{tmp_path}", image_size=8, patches_per_image=3)  # what `eval` asks for
+    assert torch.equal(by_size.x, c)
 
 
 def test_patch_errors(tmp_path):
     position_image(tmp_path / "small.png", h=20, w=20)
     with pytest.raises(DataError, match="patch_size"):  # 16 + a 16-px test strip do not fit in 20 px
         load_dataset(f"patches:{tmp_path}", patch_size=16)
+    with pytest.raises(DataError, match="never resized"):
+        load_dataset(f"patches:{tmp_path}", image_size=4, patch_size=8)
     with pytest.raises(DataError, match="patch_size.*unset"):
         load_dataset(f"folder:{tmp_path}", patch_size=8)
     with pytest.raises(DataError, match="retina, ihc, microaneurysms"):

@@ -84,7 +84,8 @@ class DataConfig:
     val_split: the held-out split for the validation loss (a fixed slice of the training data is used
         where the dataset has no such split).
     patch_size, patches_per_image: for ``patches:PATH`` and ``medical`` data only — the side of the
-        square patches cut at full resolution and how many per image and split (None: 32 and 256).
+        square patches cut at full resolution (None: image_size, else 32) and how many per image and split
+        (None: 256).
     """
 
     name: str = "fashion-mnist"

@@ -7,7 +7,7 @@
 | ``fashion-mnist`` / ``fashion-mnist:DIR`` | 60k/10k 28×28 grey (Xiao et al. 2017, MIT) | 10 | yes |
 | ``digits`` | 1,500/297 8×8 grey, 17 levels (scikit-learn, CC BY 4.0) | 10 | no |
 | ``folder:PATH`` | image files under PATH (or PATH/train, PATH/test), resized + cropped: PNG/JPEG/TIFF incl. 16-bit grey and multi-page, ``.npy`` [C, H, W], DICOM | – | if all 8-bit |
-| ``patches:PATH`` | ``data.patches_per_image`` fixed patches of ``data.patch_size`` px per image (a file or a folder); test = the right tenth of each image | – | if all 8-bit |
+| ``patches:PATH`` | ``data.patches_per_image`` fixed patches of ``data.patch_size`` px per image (a file or a folder); test = a centred strip of each image | – | if all 8-bit |
 | ``medical`` / ``medical:NAME`` | patches of scikit-image's bundled retina.jpg, ihc.png, microaneurysms.png (NAME: retina, ihc, microaneurysms) | – | yes |
 | ``toy:NAME`` | 2-D toy, NAME in 25gaussians, 8gaussians, moons, swissroll | mixtures: K | – |
 
@@ -126,11 +126,11 @@ def load_dataset(
     """Load a dataset by spec (see the module table).
 
     ``image_size`` resizes image data (shorter side, then centre crop); None keeps the data's own size
-    (for ``folder:``, the shorter side of the first image; for patches, ``patch_size``). A folder is
+    (for ``folder:``, the shorter side of the first image; patches are never resized). A folder is
     grey if every file is grey, else RGB; other channel counts must agree across files; it is 16-bit
     if any file is (:func:`undiffuse.data.images.folder_layout`); with ``train/`` and ``test/``
     subfolders those are the splits, else both splits are the whole folder. ``patch_size`` and
-    ``patches_per_image`` (None: 32 and 256) apply to ``patches:`` and ``medical`` only
+    ``patches_per_image`` (None: ``image_size`` or 32, and 256) apply to ``patches:`` and ``medical`` only
     (:mod:`undiffuse.data.patches`). Toys ignore ``image_size``.
     """
     kind, _, arg = spec.partition(":")

@@ -90,7 +90,9 @@ def _image_dir(x: torch.Tensor, path: Path, info: Any, start: int = 0, total: Op
 
     path.mkdir(parents=True, exist_ok=True)
     width = max(6, len(str((total or start + len(x)) - 1)))
-    for k, u in enumerate(_image_array(x)):
+    from undiffuse.data.images import display_channels
+
+    for k, u in enumerate(_image_array(display_channels(x))):  # a PNG shows 1 or 3 channels; .npy keeps all
         with atomic_path(path / f"{start + k:0{width}d}.png") as tmp:
             Image.fromarray(u[..., 0] if u.shape[-1] == 1 else u).save(tmp, format="PNG")
     return path

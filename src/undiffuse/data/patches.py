@@ -1,7 +1,9 @@
 """Patch datasets: square patches cut from a few large images (``patches:PATH``, ``medical[:NAME]``).
 
 Each image gives ``patches_per_image`` patches of ``patch_size`` × ``patch_size`` pixels at full
-resolution (then resized to ``image_size`` if given). The patches are a fixed set, not fresh random crops
+resolution (``patch_size`` defaults to ``image_size``, then 32; the two may not differ: patches are never
+resized, so any loader that knows only the spec and the image size — ``undiffuse eval`` — cuts the same
+kind of patches). The patches are a fixed set, not fresh random crops
 each epoch: the top-left corner of patch k of a file is a pure function of (file, split, k)
 (:func:`undiffuse.rng.derive_seed`), the same for every run and every seed. So resume stays exact, and
 ``sample``/``nll``/``eval`` reload exactly the patches a run trained on; asking for more patches per
@@ -32,7 +34,7 @@ import torch
 
 from undiffuse.data.errors import DataError
 from undiffuse.data.imagefiles import DTYPES, ImageHeader, image_header, promote, read_pixels
-from undiffuse.data.images import fit_pixels, folder_layout, from_levels, list_images
+from undiffuse.data.images import folder_layout, from_levels, list_images
 from undiffuse.rng import derive_seed
 
 __all__ = [
@@ -47,7 +49,7 @@ __all__ = [
     "split_columns",
 ]
 
-PATCH_SIZE = 32  # data.patch_size when unset
+PATCH_SIZE = 32  # data.patch_size when neither it nor data.image_size is set
 PATCHES_PER_IMAGE = 256  # data.patches_per_image when unset (per image and split)
 TEST_FRACTION = 0.1  # the centre tenth of each image's columns (at least one patch wide) is its test region
 MEDICAL_IMAGES = {"retina": "retina.jpg", "ihc": "ihc.png", "microaneurysms": "microaneurysms.png"}
@@ -128,17 +130,20 @@ def cut_patches(
     sources: list[Source], split: str, patch_size: Optional[int] = None, per_image: Optional[int] = None,
     image_size: Optional[int] = None,
 ) -> tuple[torch.Tensor, int]:  # fmt: skip
-    """Patches of every source as float32 [len(sources)·per_image, C, S, S] in [-1, 1] (S = image_size
-    or patch_size), and their bits. Channels and bits follow :func:`undiffuse.data.images.folder_layout`
-    (grey and RGB mix as RGB; 8-bit promoted where any image is 16-bit)."""
-    patch, n = patch_size or PATCH_SIZE, per_image or PATCHES_PER_IMAGE
-    size = image_size or patch
+    """Patches of every source as float32 [len(sources)·per_image, C, P, P] in [-1, 1] (P = patch_size,
+    else image_size, else :data:`PATCH_SIZE`), and their bits. Channels and bits follow
+    :func:`undiffuse.data.images.folder_layout` (grey and RGB mix as RGB; 8-bit promoted where any
+    image is 16-bit)."""
+    if patch_size and image_size and patch_size != image_size:
+        raise DataError(f"patches are cut at full resolution, never resized: data.image_size = {image_size} and "
+                        f"data.patch_size = {patch_size} differ — set one of them (downscale the images to see more per patch)")
+    patch, n = patch_size or image_size or PATCH_SIZE, per_image or PATCHES_PER_IMAGE
     headers = [(f, image_header(f)) for _, f in sources]
     channels, bits = folder_layout(headers)
-    out = np.empty((len(sources) * n, size, size, channels), DTYPES[bits])
+    out = np.empty((len(sources) * n, patch, patch, channels), DTYPES[bits])
     for i, ((key, f), (_, h)) in enumerate(zip(sources, headers)):
         cols = _region(f, h, patch, split)
         a = promote(read_pixels(f, channels), bits)
         for k, (top, left) in enumerate(patch_corners(key, split, n, h.height, cols, patch)):
-            out[i * n + k] = fit_pixels(a[top : top + patch, left : left + patch], size)
+            out[i * n + k] = a[top : top + patch, left : left + patch]
     return from_levels(out, bits), bits
