@@ -111,11 +111,11 @@ class TrainingData:
     info: DataInfo
 
 
-def _load(name: str, split: str, image_size: Optional[int]):
+def _load(name: str, split: str, image_size: Optional[int], **options):
     from undiffuse.data import load_dataset
 
     try:
-        return load_dataset(name, split, image_size=image_size)
+        return load_dataset(name, split, image_size=image_size, **options)
     except UserError:
         raise
     except (ValueError, OSError) as e:  # the data package's DataError is a ValueError
@@ -130,14 +130,15 @@ def load_training_data(cfg: RunConfig, device: torch.device) -> TrainingData:
     if not d.name:
         raise UserError("no training data given — pass --data (e.g. fashion-mnist, digits, folder:PATH, toy:moons)")
     size = d.image_size if d.image_size is not None else (32 if d.name.startswith("folder:") else None)
-    ds = _load(d.name, "train", size)
+    patches = {"patch_size": d.patch_size, "patches_per_image": d.patches_per_image}  # patches:/medical only
+    ds = _load(d.name, "train", size, **patches)
     if len(ds) == 0:
         raise UserError(f"dataset {d.name} is empty — check the path or name")
     x, y = ds.x, ds.y
     x_val = y_val = None
     if tc.val_every > 0:
         try:
-            val = _load(d.name, d.val_split, size)
+            val = _load(d.name, d.val_split, size, **patches)
             x_val, y_val = val.x, val.y
         except UserError:
             hold = max(1, min(len(x) // 10, tc.val_batches * tc.batch_size))
