@@ -49,12 +49,6 @@ class _Block(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.linear2 = zero_(nn.Linear(hidden, hidden))
 
-    @classmethod
-    def from_config(cls, cfg: Any, **data_sizes: Any) -> "MLP":
-        """An MLP with the :class:`MLPConfig` fields of ``cfg`` and the data-derived ``data_sizes``
-        (dim, num_classes, out_dim)."""
-        return cls(**{f.name: getattr(cfg, f.name) for f in fields(MLPConfig)}, **data_sizes)
-
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         r = F.silu(self.norm(h) + self.emb(emb))
         r = self.linear2(self.dropout(F.silu(self.linear1(r))))
@@ -93,6 +87,12 @@ class MLP(nn.Module):
         self.blocks = nn.ModuleList(_Block(hidden, dropout) for _ in range(depth))
         self.norm_out = nn.LayerNorm(hidden)
         self.linear_out = nn.Linear(hidden, dim if out_dim is None else out_dim)
+
+    @classmethod
+    def from_config(cls, cfg: Any, **data_sizes: Any) -> "MLP":
+        """An MLP with the :class:`MLPConfig` fields of ``cfg`` and the data-derived ``data_sizes``
+        (dim, num_classes, out_dim)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(MLPConfig)}, **data_sizes)
 
     def forward(
         self, x: torch.Tensor, c_noise: torch.Tensor, *, class_labels: Optional[torch.Tensor] = None
