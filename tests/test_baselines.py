@@ -20,6 +20,7 @@ from undiffuse.baselines import (
     train_baseline,
     width_for_params,
 )
+from undiffuse.runs import run_kind
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -152,9 +153,11 @@ def test_gan_on_8gaussians_runs_and_samples(tmp_path):
     assert [r["step"] for r in rows] == [5, 10, 15, 20]
     x = sample_baseline(tmp_path, 300, seed=1)
     assert x.shape == (300, 2) and torch.isfinite(x).all()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "config.json", "log.jsonl", "model.safetensors", "summary.json", "train_state.safetensors",
-    ]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "checkpoints", "config.json", "log.jsonl",
+                                                          "summary.json"]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "step_0000020").iterdir()) == [
+        "model.safetensors", "state.json", "train_state.safetensors"]  # fmt: skip
+    assert run_kind(tmp_path) == "gan"
     with pytest.raises(ValueError, match="no likelihood"):
         baseline_nll(tmp_path)
 

@@ -11,10 +11,11 @@ import torch
 from safetensors import safe_open
 
 import undiffuse
-import undiffuse.training.checkpoint as ck
+import undiffuse.runs.checkpoint as ck
 from undiffuse.config import apply_overrides, get_preset
 from undiffuse.errors import CheckpointError, TrainingError, UserError
-from undiffuse.training import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, train
+from undiffuse.runs import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from undiffuse.training import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -36,7 +37,7 @@ def test_round_trip(run, tmp_path):
     ckpt = load_checkpoint(latest_checkpoint(run))
     assert ckpt.step == 4 and ckpt.state["examples_seen"] == 64 and ckpt.optimizer["state"]
     assert isinstance(ckpt.state["rng"]["torch_cpu"], list)
-    path = save_checkpoint(tmp_path / "checkpoints", 7, ckpt.model, ckpt.ema, ckpt.optimizer, ckpt.state)
+    path = save_checkpoint(tmp_path / "checkpoints", 7, ckpt.weights, ckpt.optimizer, ckpt.state)
     again = load_checkpoint(path)
     assert again.step == 7
     for k, v in ckpt.model.items():
@@ -55,7 +56,7 @@ def test_round_trip(run, tmp_path):
 def test_keep_last_and_listing(run, tmp_path):
     ckpt = load_checkpoint(latest_checkpoint(run))
     for s in range(1, 6):
-        save_checkpoint(tmp_path / "checkpoints", s, ckpt.model, ckpt.ema, None, ckpt.state, keep_last=2)
+        save_checkpoint(tmp_path / "checkpoints", s, ckpt.weights, None, ckpt.state, keep_last=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000004", "step_0000005"]
 
 

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 import undiffuse.training.step as step_mod
 from undiffuse.config import apply_overrides, get_preset
 from undiffuse.errors import TrainingError, UserError
-from undiffuse.training import ema_beta, latest_checkpoint, list_checkpoints, lr_at, train
+from undiffuse.runs import latest_checkpoint, list_checkpoints
+from undiffuse.training import ema_beta, lr_at, train
 from undiffuse.rng import derive_seed
 from undiffuse.sampling import sample
 from undiffuse.training.keyed import example_indices, shard_positions

@@ -7,7 +7,16 @@ Other packages subclass :class:`UserError` for their own input errors (the data 
 
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "CheckpointError", "TrainingError"]
+from typing import Any
+
+__all__ = ["UserError", "ConfigError", "CheckpointError", "TrainingError", "brief"]
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for echoing user input in a one-line message."""
+    size = len(value) if isinstance(value, (str, bytes, list, tuple, dict)) else None
+    text = repr(value[: limit + 1] if isinstance(value, (str, bytes)) else value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({size or len(text)} long)"
 
 
 class UserError(Exception):

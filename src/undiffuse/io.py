@@ -1,20 +1,48 @@
 """Atomic file writes: write to a temporary file in the same directory, fsync, then ``os.replace``.
 
 A reader never sees a half-written file, and a failure (full disk, Ctrl-C) leaves the previous
-version of the file intact.
+version of the file intact. The temporary file is ``.NAME.XXXXXXXX.tmp`` beside ``NAME`` (one pattern
+for every kind of file, so :func:`remove_stale_temps` can clear what a killed process left behind) and
+is created with mode 0666 & ~umask, so the result has the permissions a plain ``open(path, "w")``
+would give it.
+
+This module imports only the standard library; every package may use it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Union
 
-__all__ = ["atomic_path", "atomic_write"]
+__all__ = ["atomic_path", "atomic_write", "write_text", "write_json", "jsonable", "is_temp_name",
+           "remove_stale_temps"]  # fmt: skip
 
 PathLike = Union[str, os.PathLike]
+# ".NAME.XXXXXXXX.tmp" (ours); ".STEM.XXXXXXXX.png" was written by older versions' plot and grid writers
+_TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|png)$")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary file of :func:`atomic_path`."""
+    return bool(_TEMP_RE.match(name))
+
+
+def _create_temp(path: Path) -> str:
+    """Create an empty ``.NAME.XXXXXXXX.tmp`` beside ``path`` (mode 0666 & ~umask) and return its path."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextlib.contextmanager
@@ -22,8 +50,7 @@ def atomic_path(path: PathLike) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
         yield tmp
         with open(tmp, "rb") as f:
@@ -39,3 +66,43 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     with atomic_path(path) as tmp:
         write(tmp)
     return Path(path)
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with what JSON cannot hold made plain: tensors and numpy values → lists/numbers (via
+    ``tolist``), tuples → lists, paths → strings, NaN → null and ±inf → "inf"/"-inf"."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # torch / numpy arrays and scalars
+        return jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def write_json(path: PathLike, obj: Any, indent: int = 2) -> Path:
+    """Write ``obj`` (made :func:`jsonable`) as indented JSON plus a newline to ``path`` atomically."""
+    return write_text(path, json.dumps(jsonable(obj), indent=indent) + "\n")
+
+
+def remove_stale_temps(root: PathLike) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_path` under ``root`` (recursively), e.g. left by a
+    process killed mid-write. Only safe while no other process writes there (hold the run's lock)."""
+    removed = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            if is_temp_name(name):
+                p = Path(dirpath) / name
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+    return removed

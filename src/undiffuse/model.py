@@ -5,7 +5,6 @@ is data, the functions that use it live one floor up."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,17 +12,11 @@ from typing import Optional, Union
 
 import torch
 
-from undiffuse.build import DataInfo, architecture_signature, build_denoiser
-from undiffuse.config import RunConfig, from_dict
+from undiffuse.build import DataInfo, build_denoiser
+from undiffuse.config import RunConfig
 from undiffuse.diffusion.precond import Precond
 from undiffuse.schedules.discrete import Schedule
-from undiffuse.runs.checkpoint import (
-    _read_weights,
-    check_signature,
-    load_weights_into,
-    read_state,
-    resolve_checkpoint,
-)
+from undiffuse.runs import load_weights_into, open_checkpoint
 from undiffuse.rng import pick_device
 
 __all__ = ["Model", "load"]
@@ -67,16 +60,11 @@ def load(
         ema: the EMA weights (default) or the raw weights.
         device: where to put it (default: cuda, mps or cpu, whichever is available).
     Raises:
-        CheckpointError: missing, truncated or corrupt checkpoint, or one of another architecture.
+        CheckpointError: missing, truncated, corrupt or non-finite checkpoint, one of another architecture,
+            or a config.json that contradicts the checkpoint's own configuration (which rules).
     """
-    path = resolve_checkpoint(run_dir, checkpoint)
-    state = read_state(path)
-    cfg, info = from_dict(state["config"]), DataInfo.from_dict(state["data_info"])
-    run_cfg_file = Path(run_dir) / "config.json"
-    if run_cfg_file.is_file():  # a checkpoint from elsewhere must fit this run's architecture
-        cfg = from_dict(json.loads(run_cfg_file.read_text()))
-    check_signature(path, state, architecture_signature(cfg, info))
+    cfg, info, path, state, weights = open_checkpoint(run_dir, checkpoint, ema)
     precond = build_denoiser(cfg, info)
-    load_weights_into(precond.net, _read_weights(path, "ema.safetensors" if ema else "model.safetensors"), path)
+    load_weights_into(precond.net, weights, path)
     precond.to(pick_device(device)).eval().requires_grad_(False)
     return Model(precond, precond.schedule, cfg, info, int(state["step"]), path, ema)

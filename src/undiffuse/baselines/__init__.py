@@ -4,17 +4,17 @@
   non-saturating loss.
 - :mod:`~undiffuse.baselines.vae`: convolutional / MLP VAE with the diffusion VLB's decoders
   (discretized Gaussian for 8-bit data), ELBO and IWAE bounds in nats and bits/dim.
-- :mod:`~undiffuse.baselines.train`: ``train_baseline`` (steps and/or wall-clock budget, safetensors
-  checkpoints, resumable), ``sample_baseline`` (sample i depends only on (seed, i)), ``baseline_nll``.
+- :mod:`~undiffuse.baselines.train`: ``train_baseline`` (steps and/or wall-clock budget, resumable),
+  ``sample_baseline`` (sample i depends only on (seed, i)), ``baseline_nll``.
+- :mod:`~undiffuse.baselines.run`: ``BaselineConfig``, the run directory through :mod:`undiffuse.runs`
+  (safetensors checkpoints), ``load_baseline``.
 """
 
 from undiffuse.baselines.gan import GAN, ConvDecoder, ConvEncoder, build_gan
+from undiffuse.baselines.run import KINDS, BaselineConfig, load_baseline
 from undiffuse.baselines.train import (
-    KINDS,
-    BaselineConfig,
     baseline_nll,
     count_params,
-    load_baseline,
     sample_baseline,
     sample_indices,
     train_baseline,

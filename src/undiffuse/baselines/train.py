@@ -1,17 +1,16 @@
 """Train, save, load and sample the GAN and VAE baselines on undiffuse's data pipeline.
 
-A run directory holds
+A run directory is owned by :mod:`undiffuse.runs` like a diffusion run's (see
+:mod:`undiffuse.baselines.run`) and holds
 
-- ``config.json``: the :class:`BaselineConfig` (kind, data, resolved network kwargs, optimiser) and the
-  parameter counts; enough to rebuild the networks without running any code from the checkpoint;
-- ``model.safetensors``: the network weights (GAN: ``generator.*`` and ``discriminator.*``; VAE:
-  ``encoder.*`` and ``decoder.*``), metadata ``step``;
-- ``train_state.safetensors``: optimiser moments and the RNG state, metadata ``step``, ``seconds`` and
-  the optimisers' hyper-parameters (for resuming);
-- ``log.jsonl``: one JSON line per ``log_every`` steps with the mean losses since the last line.
+- ``config.json``: ``{"kind": "gan" | "vae", "config": BaselineConfig, "params": counts}``; enough to
+  rebuild the networks without running any code from the checkpoint;
+- ``checkpoints/step_XXXXXXX/``: ``model.safetensors`` (GAN: ``generator.*`` and ``discriminator.*``;
+  VAE: ``encoder.*`` and ``decoder.*``), ``train_state.safetensors`` and ``state.json``;
+- ``log.jsonl``: one JSON line per ``log_every`` steps with the mean losses since the last line;
+  ``summary.json``.
 
-Every file is written through :func:`undiffuse.io.atomic_write` (temporary file, fsync, rename), and
-nothing is pickled.
+Nothing is pickled.
 ``seconds`` and ``steps`` are *total* budgets of the run, so a resumed run stops where an uninterrupted
 one would have (training-loop wall clock; data loading and model building are not counted).
 """
@@ -23,82 +22,36 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from undiffuse.baselines.gan import GAN, build_gan
-from undiffuse.baselines.vae import VAE, build_vae
+from undiffuse.baselines.gan import GAN
+from undiffuse.baselines.run import KINDS, BaselineConfig, load_baseline, open_baseline, resume_baseline, save_baseline
+from undiffuse.baselines.vae import VAE
 from undiffuse.data import load_dataset
-from undiffuse.io import atomic_write
+from undiffuse.io import write_json
+from undiffuse.runs import latest_checkpoint, lock_run, truncate_log, write_config_json
 from undiffuse.rng import randn_from
 from undiffuse.samplers.driver import drive
 
 __all__ = [
-    "KINDS",
-    "BaselineConfig",
     "baseline_nll",
     "count_params",
-    "load_baseline",
     "sample_baseline",
     "sample_indices",
     "train_baseline",
     "width_for_params",
 ]
 
-KINDS = ("gan", "vae")
 PathLike = Union[str, os.PathLike]
 # (lr, betas) per kind and data kind: DCGAN's Adam(2e-4, β1 = 0.5); PacGAN's 1e-4 on the 2-D toys;
 # Adam(1e-3) for the VAEs.
 _OPTIM = {("gan", "image"): (2e-4, (0.5, 0.999)), ("gan", "vector"): (1e-4, (0.5, 0.999)),
           ("vae", "image"): (1e-3, (0.9, 0.999)), ("vae", "vector"): (1e-3, (0.9, 0.999))}  # fmt: skip
 _BATCH = {"image": 128, "vector": 100}
-
-
-@dataclass(frozen=True)
-class BaselineConfig:
-    """Everything that defines a baseline run (saved as ``config.json``).
-
-    Attributes:
-        kind: "gan" or "vae".
-        data: dataset spec for :func:`undiffuse.data.load_dataset` (e.g. "fashion-mnist", "toy:8gaussians").
-        data_kind / data_shape: "image" with (C, H, W) or "vector" with (D,).
-        likelihood: the VAE decoder, "discrete" for 8-bit data and "continuous" otherwise.
-        model: keyword arguments of :func:`build_gan` / :func:`build_vae` (width, z_dim, pack, ...).
-        lr / betas / batch_size / seed: Adam and the minibatch stream.
-        image_size: resize images to this size (None: native).
-    """
-
-    kind: str
-    data: str
-    data_kind: str
-    data_shape: tuple[int, ...]
-    likelihood: str = "discrete"
-    model: dict = field(default_factory=dict)
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    batch_size: int = 128
-    seed: int = 0
-    image_size: Optional[int] = None
-
-    def build(self) -> Union[GAN, VAE]:
-        """The networks this config describes (freshly initialised)."""
-        if self.kind == "gan":
-            return build_gan(self.data_kind, self.data_shape, **self.model)
-        return build_vae(self.data_kind, self.data_shape, self.likelihood, **self.model)
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> "BaselineConfig":
-        d = dict(d)
-        d["data_shape"], d["betas"] = tuple(d["data_shape"]), tuple(d["betas"])
-        return cls(**d)
 
 
 def count_params(model: Union[GAN, VAE]) -> int:
@@ -125,15 +78,6 @@ def width_for_params(build: Callable[[int], nn.Module], target: int, lo: int = 1
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if count(mid) <= target else (lo, mid)
     return min((lo, hi), key=lambda w: abs(count(w) - target))
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    def write(p: str) -> None:
-        with open(p, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-
-    atomic_write(path, write)
 
 
 def _resolve_config(
@@ -194,58 +138,6 @@ def _vae_step(model: VAE, opt: dict, x: torch.Tensor, gen: torch.Generator) -> d
     return {"loss": loss.item(), "bits_per_dim": loss.item() / math.log(2)}
 
 
-def _flat_optim(opts: dict) -> tuple[dict, dict]:
-    tensors, groups = {}, {}
-    for name, opt in opts.items():
-        sd = opt.state_dict()
-        for idx, st in sd["state"].items():
-            for key, v in st.items():
-                tensors[f"{name}.{idx}.{key}"] = torch.as_tensor(v).detach().cpu().contiguous()
-        groups[name] = sd["param_groups"]
-    return tensors, groups
-
-
-def _unflat_optim(opts: dict, tensors: dict, groups: dict) -> None:
-    for name, opt in opts.items():
-        state: dict = {}
-        for k, v in tensors.items():
-            head, idx, key = k.split(".", 2)
-            if head == name:
-                state.setdefault(int(idx), {})[key] = v
-        opt.load_state_dict({"state": state, "param_groups": groups[name]})
-
-
-def _save(out: Path, model: nn.Module, opts: dict, gen: torch.Generator, step: int, seconds: float) -> None:
-    """Weights, then optimiser + RNG state, each written atomically; both carry the step."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(out / "model.safetensors", lambda p: save_file(weights, p, metadata={"step": str(step)}))
-    tensors, groups = _flat_optim(opts)
-    tensors["rng"] = gen.get_state()
-    meta = {"step": str(step), "seconds": repr(seconds), "param_groups": json.dumps(groups)}
-    atomic_write(out / "train_state.safetensors", lambda p: save_file(tensors, p, metadata=meta))
-
-
-def _metadata(path: Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return f.metadata() or {}
-
-
-def _resume(out: Path, model: nn.Module, opts: dict, gen: torch.Generator, device) -> tuple[int, float]:
-    state_path = out / "train_state.safetensors"
-    meta, model_meta = _metadata(state_path), _metadata(out / "model.safetensors")
-    if meta.get("step") != model_meta.get("step"):
-        raise RuntimeError(f"{out}: weights (step {model_meta.get('step')}) and train state (step "
-                           f"{meta.get('step')}) disagree; the last save was interrupted")  # fmt: skip
-    model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(device)))
-    tensors = load_file(str(state_path))
-    gen.set_state(tensors.pop("rng"))
-    _unflat_optim(opts, {k: v.to(device) if not k.endswith(".step") else v for k, v in tensors.items()},
-                  json.loads(meta["param_groups"]))  # fmt: skip
-    return int(meta["step"]), float(meta["seconds"])
-
-
 class _Log:
     """Running means of the step losses, appended to log.jsonl every ``every`` steps."""
 
@@ -298,23 +190,33 @@ def train_baseline(
         target_params: choose ``width`` so :func:`count_params` is closest to this (e.g. the diffusion
             network's count).
         log_every / ckpt_every: steps between log lines / intermediate checkpoints (None: only at the end).
-        resume: continue from ``out_dir``'s checkpoint (its config wins over the arguments).
+        resume: continue from ``out_dir``'s latest checkpoint (its config wins over the arguments); without
+            one, start a new run there.
     Returns:
         a summary: steps, seconds, final logged losses, parameter counts, out_dir.
+    Raises:
+        TrainingError: ``out_dir`` is in use by another process, or (a new run) not empty.
     """
     if seconds is None and steps is None:
         raise ValueError("give a budget: seconds=..., steps=... or both")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    resuming = resume and (out / "train_state.safetensors").exists()
-    if resuming:
-        cfg = BaselineConfig.from_json(json.loads((out / "config.json").read_text())["config"])
-        ds = load_dataset(cfg.data, "train", cfg.image_size)
-    else:
-        ds = load_dataset(data_spec, "train", image_size)
-        cfg = _resolve_config(kind, data_spec, ds, seed=seed, batch_size=batch_size, lr=lr, model=model,
-                              target_params=target_params, image_size=image_size)  # fmt: skip
-    return _fit(cfg, ds.x, out, resuming, device, seconds, steps, log_every, ckpt_every)
+    resuming = resume and latest_checkpoint(out) is not None
+    lock = lock_run(out, new=not resume)
+    try:
+        if resuming:
+            cfg = open_baseline(out, ())[0]
+            ds = load_dataset(cfg.data, "train", cfg.image_size)
+        else:
+            ds = load_dataset(data_spec, "train", image_size)
+            cfg = _resolve_config(kind, data_spec, ds, seed=seed, batch_size=batch_size, lr=lr, model=model,
+                                  target_params=target_params, image_size=image_size)  # fmt: skip
+        return _fit(cfg, ds.x, out, resuming, device, seconds, steps, log_every, ckpt_every)
+    except BaseException:
+        if latest_checkpoint(out) is None:
+            lock.abandon()  # a new run that failed before its first checkpoint leaves nothing behind
+        raise
+    finally:
+        lock.release()
 
 
 def _fit(cfg: BaselineConfig, x_all: torch.Tensor, out: Path, resuming: bool, device, seconds, steps,
@@ -324,12 +226,12 @@ def _fit(cfg: BaselineConfig, x_all: torch.Tensor, out: Path, resuming: bool, de
         model = cfg.build().to(device)
     opts = _optimizers(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch indices and latents (CPU, then moved)
-    step, elapsed = _resume(out, model, opts, gen, device) if resuming else (0, 0.0)
+    step, elapsed = resume_baseline(out, model, opts, gen, device) if resuming else (0, 0.0)
     if resuming:  # drop log lines of steps after the checkpoint: they are about to be redone
-        _truncate_log(out / "log.jsonl", step)
+        truncate_log(out / "log.jsonl", step)
     else:
         (out / "log.jsonl").unlink(missing_ok=True)
-        _write_json(out / "config.json", {"config": cfg.to_json(), "params": _param_counts(model)})
+        write_config_json(out, cfg.kind, {"config": cfg.to_json(), "params": _param_counts(model)})
     log, step_fn = _Log(out / "log.jsonl", log_every), _gan_step if cfg.kind == "gan" else _vae_step
     model.train()
     t0 = time.perf_counter() - elapsed
@@ -339,36 +241,19 @@ def _fit(cfg: BaselineConfig, x_all: torch.Tensor, out: Path, resuming: bool, de
         step += 1
         log.add(losses, step, time.perf_counter() - t0)
         if ckpt_every and step % ckpt_every == 0:
-            _save(out, model, opts, gen, step, time.perf_counter() - t0)
+            save_baseline(out, model, opts, gen, step, time.perf_counter() - t0, cfg)
     elapsed = time.perf_counter() - t0
     log.add({}, step, elapsed, force=True)
-    _save(out, model, opts, gen, step, elapsed)
+    save_baseline(out, model, opts, gen, step, elapsed, cfg)
     summary = {"out_dir": str(out), "kind": cfg.kind, "data": cfg.data, "steps": step, "seconds": elapsed,
                "params": _param_counts(model), "last": _last_log(out / "log.jsonl")}  # fmt: skip
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     return summary
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    if path.exists():
-        keep = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
-        atomic_write(path, lambda p: Path(p).write_text("".join(r + "\n" for r in keep)))
 
 
 def _last_log(path: Path) -> dict:
     lines = path.read_text().splitlines() if path.exists() else []
     return json.loads(lines[-1]) if lines else {}
-
-
-def load_baseline(
-    out_dir: PathLike, device: Union[str, torch.device] = "cpu"
-) -> tuple[Union[GAN, VAE], BaselineConfig]:
-    """Rebuild a trained baseline from ``config.json`` + ``model.safetensors`` (eval mode)."""
-    out = Path(out_dir)
-    cfg = BaselineConfig.from_json(json.loads((out / "config.json").read_text())["config"])
-    model = cfg.build()
-    model.load_state_dict(load_file(str(out / "model.safetensors")))
-    return model.to(device).eval(), cfg
 
 
 @torch.no_grad()

@@ -35,11 +35,10 @@ def add_parser(sub) -> None:
 
 
 def resolve(args: argparse.Namespace):
-    """The RunConfig the flags mean; on --resume the saved config, with given flags accepted only where
-    they agree with it (``training.resume_config``)."""
+    """The RunConfig the flags give; on --resume the saved config with the flags applied (the trainer
+    resolves the resume once, refusing flags that contradict the run: ``runs.resume_point``)."""
     from undiffuse.config import resolve_config
-    from undiffuse.errors import TrainingError
-    from undiffuse.training import resume_config, saved_config
+    from undiffuse.runs import given_config
 
     overrides = list(args.overrides)
     if args.cond == "class":
@@ -48,9 +47,7 @@ def resolve(args: argparse.Namespace):
         overrides.append("model.text_cond=true")
     if not args.resume:
         return resolve_config(args.data, args.preset, overrides)
-    if args.preset is not None and args.preset != saved_config(args.out).preset:
-        raise TrainingError(f"--preset {args.preset} contradicts the saved run's preset — drop --preset when resuming")
-    return resume_config(args.out, overrides, data=args.data, steps=args.steps)
+    return given_config(args.out, overrides, data=args.data, preset=args.preset)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +75,7 @@ def run_baseline(args: argparse.Namespace) -> int:
     """``--baseline gan|vae``: :func:`undiffuse.baselines.train_baseline` on the same data."""
     from undiffuse.baselines import train_baseline
     from undiffuse.errors import UserError
+    from undiffuse.runs import latest_checkpoint
 
     if args.preset is not None or args.overrides or args.cond not in (None, "none"):
         raise UserError("--preset/--set/--cond configure diffusion runs — drop them with --baseline")
@@ -86,16 +84,15 @@ def run_baseline(args: argparse.Namespace) -> int:
     if args.steps is None and args.seconds is None:
         raise UserError("--baseline needs a budget — pass --steps N and/or --seconds S")
     out = Path(args.out)
-    has_run = (out / "train_state.safetensors").exists()
-    if args.resume and not has_run:
+    if args.resume and latest_checkpoint(out) is None:
         raise UserError(f"--resume: {out} holds no baseline checkpoint — train without --resume first")
-    if not args.resume and out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty — choose a new --out or pass --resume")
     data = args.data or "fashion-mnist"
-    try:
+    try:  # a new run refuses a non-empty --out, and a run in use by another process is refused at once
         s = train_baseline(args.baseline, data, out, seconds=args.seconds, steps=args.steps,
                            seed=0 if args.seed is None else args.seed, device=args.device or "cpu",
                            resume=args.resume)  # fmt: skip
+    except UserError:
+        raise
     except ValueError as e:
         raise UserError(f"{e} — check --baseline/--data") from e
     last = s.get("last") or {}

@@ -1,103 +1,27 @@
-"""The run directory, the configuration on resume, the training data, and Ctrl-C/SIGTERM handling.
+"""What a training run reads and how it stops: the training data, and Ctrl-C/SIGTERM handling.
 
-Run directory layout::
+A diffusion run directory holds, besides what every run has (:mod:`undiffuse.runs.rundir`)::
 
-    RUN_DIR/config.json        the resolved RunConfig (JSON)
-    RUN_DIR/log.jsonl          one record per logged step: step, loss, lr, grad_norm, img_per_s, val_loss
     RUN_DIR/loss.png           the loss curve
     RUN_DIR/samples/step_XXXXXXX.png
-    RUN_DIR/checkpoints/step_XXXXXXX/   (see :mod:`undiffuse.training.checkpoint`)
 
-Rules: a new run refuses an existing non-empty directory (nothing is overwritten); ``resume`` needs a
-checkpoint; on resume the saved configuration wins, and a given configuration that contradicts it in
-anything but ``train.steps`` is refused.
+and its ``log.jsonl`` records step, loss, lr, grad_norm, img_per_s and val_loss.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import threading
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Iterable, Optional, Union
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from undiffuse.build import DataInfo
-from undiffuse.config import RunConfig, apply_overrides, diff_configs, from_dict, to_dict
-from undiffuse.errors import TrainingError, UserError
-from undiffuse.io import atomic_write
-from undiffuse.training.checkpoint import latest_checkpoint, read_state
+from undiffuse.config import RunConfig
+from undiffuse.errors import UserError
 
-__all__ = ["check_new_run_dir", "resume_checkpoint", "saved_config", "resume_config", "merge_resume_config",
-           "write_config", "TrainingData", "load_training_data", "StopFlag"]  # fmt: skip
-
-
-def check_new_run_dir(run_dir: Path) -> None:
-    """Refuse an existing, non-empty run directory for a new run."""
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise TrainingError(
-            f"run directory {run_dir} already exists and is not empty — choose a new --out directory, "
-            "or pass --resume to continue that run"
-        )
-
-
-def resume_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a resumed run starts from (TrainingError if there is none)."""
-    ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-    if ckpt is None:
-        raise TrainingError(
-            f"nothing to resume: {run_dir} holds no checkpoint — start a new run without --resume "
-            "(into an empty or new directory)"
-        )
-    return ckpt
-
-
-def saved_config(run_dir: Union[str, os.PathLike]) -> RunConfig:
-    """The configuration a run was trained with (its config.json, else its latest checkpoint's)."""
-    run_dir = Path(run_dir)
-    f = run_dir / "config.json"
-    if f.is_file():
-        try:
-            return from_dict(json.loads(f.read_text()))
-        except ValueError as e:
-            raise TrainingError(f"{f} is not valid JSON ({e}) — restore it or start a new run") from e
-    return from_dict(read_state(resume_checkpoint(run_dir))["config"])
-
-
-def merge_resume_config(saved: RunConfig, given: Optional[RunConfig], steps: Optional[int]) -> RunConfig:
-    """The saved config with ``train.steps`` from ``steps`` (or ``given``); refuse any other difference."""
-    if given is not None:
-        diff = {k: v for k, v in diff_configs(saved, given).items() if k != "train.steps"}
-        if diff:
-            shown = "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in diff.items())
-            raise TrainingError(
-                f"resume would change the run's configuration ({shown}) — drop those settings when resuming, "
-                "or start a new run in another directory"
-            )
-        if steps is None:
-            steps = given.train.steps
-    if steps is not None:
-        saved = replace(saved, train=replace(saved.train, steps=steps))
-    return saved
-
-
-def resume_config(run_dir: Union[str, os.PathLike], overrides: Iterable[str] = (), data: Optional[str] = None,
-                  steps: Optional[int] = None) -> RunConfig:  # fmt: skip
-    """What ``train --resume --out RUN_DIR [--data D] [--set k=v …]`` means: the saved configuration,
-    with explicitly given settings applied only if they agree with it (``train.steps`` may change)."""
-    saved = saved_config(run_dir)
-    given = saved if data is None else replace(saved, data=replace(saved.data, name=data))
-    given = apply_overrides(given, overrides)
-    return merge_resume_config(saved, given, steps)
-
-
-def write_config(run_dir: Path, cfg: RunConfig) -> None:
-    """Write ``config.json`` (atomically)."""
-    text = json.dumps(to_dict(cfg), indent=2) + "\n"
-    atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
+__all__ = ["TrainingData", "load_training_data", "StopFlag"]
 
 
 @dataclass

@@ -29,22 +29,14 @@ import torch
 
 from undiffuse.build import architecture_signature, build_denoiser
 from undiffuse.config import RunConfig, to_dict
-from undiffuse.diffusion.precond import Precond
-from undiffuse.errors import TrainingError
+from undiffuse.errors import TrainingError, UserError
+from undiffuse.runs import RunLock, check_signature, load_weights_into, lock_run, resume_point, save_checkpoint
+from undiffuse.runs import truncate_log, write_config_json
 from undiffuse.training import distributed as D
-from undiffuse.training.checkpoint import check_signature, load_checkpoint, load_weights_into, save_checkpoint
 from undiffuse.training.ema import EMA, ema_beta
 from undiffuse.rng import derive_seed
-from undiffuse.plots import loss_plot, read_log
-from undiffuse.training.rundir import (
-    StopFlag,
-    check_new_run_dir,
-    load_training_data,
-    merge_resume_config,
-    resume_checkpoint,
-    saved_config,
-    write_config,
-)
+from undiffuse.plots import loss_plot
+from undiffuse.training.rundir import StopFlag, load_training_data
 from undiffuse.training.step import StepEngine, make_optimizer, resolve_precision
 
 __all__ = ["train", "TrainSummary"]
@@ -90,13 +82,58 @@ def train(
     """
     if steps is not None and steps < 1:
         raise TrainingError(f"--steps must be a positive number of optimizer steps, got {steps}")
+    if cfg is None and not resume:
+        raise TrainingError("no configuration given for a new run — pass a RunConfig (e.g. resolve_config(...))")
     ctx = D.setup(device)
     devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), StopFlag() as stop:
-            return _Run(cfg, Path(run_dir), steps, resume, ctx, progress, on_step, stop).run()
+            lock = _lock(Path(run_dir), resume, ctx)
+            run = None
+            try:
+                run = _Run(cfg, Path(run_dir), steps, resume, ctx, progress, on_step, stop)
+                return run.run()
+            except BaseException:
+                if lock is not None and (run is None or run.last_ckpt is None):
+                    lock.abandon()  # a new run that failed before its first checkpoint leaves nothing behind
+                raise
+            finally:
+                if lock is not None:
+                    lock.release()
     finally:
         D.teardown(ctx)
+
+
+def _lock(run_dir: Path, resume: bool, ctx: D.DistContext) -> Optional[RunLock]:
+    """Rank 0 locks the run directory (creating a new run's); every rank raises if that was refused."""
+    lock, err = None, None
+    if ctx.is_main:
+        try:
+            lock = lock_run(run_dir, new=not resume)
+        except UserError as e:
+            err = str(e)
+    err = D.broadcast_object(err, ctx)
+    if err:
+        raise TrainingError(err)
+    return lock
+
+
+def _check_memory(cfg: RunConfig, shape: tuple[int, ...], device: torch.device, world: int) -> None:
+    """Refuse, before anything is allocated, a batch whose inputs alone exceed the device's memory."""
+    tc = cfg.train
+    need = tc.batch_size // (world * tc.grad_accum) * math.prod(shape) * 4 * 3  # x0, noise, x_t in fp32
+    try:
+        if device.type == "cuda":
+            have = torch.cuda.get_device_properties(device).total_memory
+        else:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return
+    if need > have:
+        raise TrainingError(
+            f"train.batch_size = {tc.batch_size} needs {need / 2**30:.3g} GiB for one step's inputs alone, more than "
+            f"the {have / 2**30:.3g} GiB of {device} — lower train.batch_size or raise train.grad_accum"
+        )
 
 
 class _Run:
@@ -105,32 +142,28 @@ class _Run:
     def __init__(self, cfg, run_dir: Path, steps, resume: bool, ctx: D.DistContext, progress: bool, on_step,
                  stop: StopFlag) -> None:  # fmt: skip
         self.run_dir, self.ctx, self.progress, self.on_step, self.stop = run_dir, ctx, progress, on_step, stop
-        self.ckpt_path = resume_checkpoint(run_dir) if resume else None
-        if resume:
-            cfg = merge_resume_config(saved_config(run_dir), cfg, steps)
-        else:
-            if cfg is None:
-                raise TrainingError("no configuration given for a new run — pass a RunConfig (e.g. resolve_config(...))")
-            check_new_run_dir(run_dir)
-            cfg = replace(cfg, train=replace(cfg.train, steps=steps)) if steps is not None else cfg
+        self.last_ckpt: Optional[Path] = None
+        self.resumed = resume_point(run_dir, cfg, steps, ctx.device) if resume else None  # resolved once, here
+        if self.resumed is not None:
+            cfg = self.resumed.config
+        elif steps is not None:
+            cfg = replace(cfg, train=replace(cfg.train, steps=steps))
         self.cfg: RunConfig = cfg
         if cfg.train.batch_size % (ctx.world_size * cfg.train.grad_accum):
             raise TrainingError(
                 f"train.batch_size = {cfg.train.batch_size} must be divisible by {ctx.world_size} ranks × "
                 f"train.grad_accum = {cfg.train.grad_accum} — change the batch size"
             )
-        D.barrier(ctx)  # every rank has checked the directory before rank 0 writes to it
         self.data = load_training_data(cfg, ctx.device)
+        _check_memory(cfg, self.data.info.shape, ctx.device, ctx.world_size)
         self.signature = architecture_signature(cfg, self.data.info)
         self._build()
         self.step = self._restore() if resume else 0
-        self.last_ckpt: Optional[Path] = self.ckpt_path
         self.last_loss: Optional[float] = None
         self.val_loss: Optional[float] = None
         if ctx.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_config(run_dir, cfg)
-            self._truncate_log()
+            write_config_json(run_dir, "diffusion", to_dict(cfg))
+            truncate_log(run_dir / "log.jsonl", self.step)
 
     # --- setup -----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -149,14 +182,13 @@ class _Run:
         if cfg.model.text_cond:  # every training caption embedded once; the cache lives in the run dir
             from undiffuse.conditioning import CaptionTable, run_text_encoder
 
-            if ctx.is_main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
             encoder = run_text_encoder(self.run_dir if ctx.is_main else None)
             self.engine.text = CaptionTable(self.data.info, encoder, ctx.device, save=ctx.is_main)
             del encoder
 
     def _restore(self) -> int:
-        ckpt = load_checkpoint(self.ckpt_path, map_location=self.ctx.device)
+        ckpt, self.resumed = self.resumed.checkpoint, None
+        self.last_ckpt = ckpt.path
         check_signature(ckpt.path, ckpt.state, self.signature)
         load_weights_into(self.precond.net, ckpt.model, ckpt.path)
         load_weights_into(self.ema.module, ckpt.ema, ckpt.path)
@@ -170,13 +202,6 @@ class _Run:
         if rng.get("torch_cpu"):
             torch.set_rng_state(torch.tensor(rng["torch_cpu"], dtype=torch.uint8))
         return ckpt.step
-
-    def _truncate_log(self) -> None:
-        """On resume, drop log records past the checkpoint (they will be produced again)."""
-        log = self.run_dir / "log.jsonl"
-        if log.exists():
-            keep = [r for r in read_log(log) if r.get("step", 0) <= self.step]
-            log.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     # --- the loop ------------------------------------------------------------------------------------
     def run(self) -> TrainSummary:
@@ -213,7 +238,15 @@ class _Run:
     def _one_step(self) -> tuple[dict, bool]:
         """One optimizer step; refuses a non-finite loss or gradient before updating anything."""
         eng, s = self.engine, self.step
-        local = eng.accumulate(s)
+        try:
+            local = eng.accumulate(s)
+        except (RuntimeError, MemoryError) as e:
+            if not isinstance(e, MemoryError) and "out of memory" not in str(e) and "can't allocate" not in str(e):
+                raise
+            raise TrainingError(
+                f"out of memory at step {s + 1} with train.batch_size = {self.cfg.train.batch_size} — lower it or raise "
+                f"train.grad_accum; last good checkpoint: {self.last_ckpt or 'none saved yet'}"
+            ) from None
         loss, stop = eng.global_loss(local, self.stop.requested)
         lr, norm = eng.clip(s)
         if not math.isfinite(loss) or (eng.scaler is None and not math.isfinite(norm)):
@@ -314,6 +347,6 @@ class _Run:
         }  # fmt: skip
         meta = {"config": json.dumps(to_dict(cfg)), "data_info": json.dumps(self.data.info.to_dict()),
                 "signature": self.signature, "step": str(self.step)}  # fmt: skip
-        return save_checkpoint(self.run_dir / "checkpoints", self.step, self.precond.net.state_dict(),
-                               self.ema.state_dict(), eng.optimizer.state_dict(), state, cfg.train.keep_last,
-                               meta)  # fmt: skip
+        weights = {"model": self.precond.net.state_dict(), "ema": self.ema.state_dict()}
+        return save_checkpoint(self.run_dir / "checkpoints", self.step, weights, eng.optimizer.state_dict(), state,
+                               cfg.train.keep_last, meta)  # fmt: skip

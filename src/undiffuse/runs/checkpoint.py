@@ -9,10 +9,14 @@ Layout of one checkpoint (a directory named by its step)::
         state.json          resolved config, data info, step, examples seen, RNG states (as lists),
                             architecture signature, grad-scaler state; written last
 
+(a diffusion run; a GAN/VAE baseline writes ``model.safetensors`` and ``train_state.safetensors`` —
+optimizer moments and RNG state as tensors — and no ``optimizer.pt``). Weights are checked to be finite
+before they are written and when they are read: a NaN/inf network is never the "last good checkpoint".
+
 Atomicity: everything is written into a temporary sibling directory, each file fsync'ed, then the
 directory is renamed into place with ``os.replace`` and the parent fsync'ed. A crash or a full disk
 mid-save leaves the previous checkpoints untouched (and at worst a ``.tmp-*`` directory, removed on the
-next save); the failure is reported as a :class:`~undiffuse.errors.TrainingError`.
+next start); the failure is reported as a :class:`~undiffuse.errors.TrainingError`.
 Weights carry their config as safetensors metadata, so an ``ema.safetensors`` alone is self-describing.
 """
 
@@ -26,7 +30,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 import torch
 from safetensors import SafetensorError
@@ -37,21 +41,26 @@ from undiffuse.errors import CheckpointError, TrainingError
 
 __all__ = [
     "Checkpoint",
-    "CHECKPOINT_FILES",
     "save_checkpoint",
     "load_checkpoint",
     "list_checkpoints",
     "latest_checkpoint",
     "resolve_checkpoint",
     "step_dir_name",
+    "read_newest",
     "read_state",
+    "read_weights",
+    "nonfinite",
+
+    "remove_stale_checkpoint_temps",
     "check_signature",
     "load_weights_into",
 ]
 
-CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.pt", "state.json")
+T = TypeVar("T")
 _STEP_RE = re.compile(r"^step_(\d+)$")
 FORMAT_VERSION = 1
+MAX_STATE_BYTES = 64 << 20  # a state.json holds a config and RNG states: kilobytes, never this much
 
 
 def step_dir_name(step: int) -> str:
@@ -60,17 +69,24 @@ def step_dir_name(step: int) -> str:
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: weights (CPU tensors), optimizer state (or None), and the JSON state."""
+    """A loaded checkpoint: weight files (name → CPU tensors), optimizer state (or None), the JSON state."""
 
     path: Path
-    model: dict[str, torch.Tensor]
-    ema: dict[str, torch.Tensor]
+    weights: dict[str, dict[str, torch.Tensor]]
     optimizer: Optional[dict]
     state: dict[str, Any]
 
     @property
     def step(self) -> int:
         return int(self.state["step"])
+
+    @property
+    def model(self) -> dict[str, torch.Tensor]:
+        return self.weights.get("model", {})
+
+    @property
+    def ema(self) -> dict[str, torch.Tensor]:
+        return self.weights.get("ema", {})
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -94,15 +110,34 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def nonfinite(tensors: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The name of the first floating-point tensor holding a NaN or ±inf, or None if all are finite."""
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            return k
+    return None
+
+
+def _refuse_nonfinite(root: Path, step: int, weights: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    for name, tensors in weights.items():
+        bad = nonfinite(tensors)
+        if bad is not None:
+            last = latest_checkpoint(root.parent)
+            raise TrainingError(
+                f"the weights became non-finite (NaN/inf in {name}:{bad}) at step {step}, so they were not saved; "
+                f"last good checkpoint: {last or 'none saved yet'} — lower train.lr or use train.precision=fp32, "
+                "then resume from the last good checkpoint"
+            )
 
 
 def save_checkpoint(
     root: Union[str, os.PathLike],
     step: int,
-    model: dict[str, torch.Tensor],
-    ema: dict[str, torch.Tensor],
+    weights: Mapping[str, Mapping[str, torch.Tensor]],
     optimizer: Optional[dict],
     state: dict[str, Any],
     keep_last: int = 3,
@@ -110,19 +145,22 @@ def save_checkpoint(
 ) -> Path:
     """Atomically write ``root/step_XXXXXXX`` and keep the newest ``keep_last`` checkpoints.
 
-    ``metadata`` (str → str) is stored in both safetensors headers. On an OS error (e.g. ENOSPC) the
-    partial write is removed, older checkpoints stay intact, and a TrainingError names the problem.
+    ``weights`` maps a file stem ("model", "ema", …) to its tensors, each file a safetensors file with
+    ``metadata`` (str → str) in its header. Non-finite weights are refused (TrainingError naming the step
+    and the last good checkpoint). On an OS error (e.g. ENOSPC) the partial write is removed, older
+    checkpoints stay intact, and a TrainingError names the problem.
     """
     root = Path(root)
+    _refuse_nonfinite(root, step, weights)
     final = root / step_dir_name(step)
     tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp(root)
+        remove_stale_checkpoint_temps(root)
         tmp.mkdir()
         meta = {"format": "pt", **(metadata or {})}
-        _write_bytes(tmp / "model.safetensors", st_save(_tensors(model), metadata=meta))
-        _write_bytes(tmp / "ema.safetensors", st_save(_tensors(ema), metadata=meta))
+        for name, tensors in weights.items():
+            _write_bytes(tmp / f"{name}.safetensors", st_save(_tensors(tensors), metadata=meta))
         if optimizer is not None:
             buf = io.BytesIO()
             torch.save(optimizer, buf)
@@ -164,8 +202,10 @@ def _move_into_place(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _remove_stale_tmp(root: Path) -> None:
-    for p in root.iterdir():
+def remove_stale_checkpoint_temps(root: Union[str, os.PathLike]) -> None:
+    """Delete ``.tmp-*`` / ``.old-*`` directories a killed save left in ``root`` (hold the run's lock)."""
+    root = Path(root)
+    for p in root.iterdir() if root.is_dir() else ():
         if p.name.startswith((".tmp-", ".old-")) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
 
@@ -214,50 +254,90 @@ def resolve_checkpoint(run_dir: Union[str, os.PathLike], checkpoint: Union[str, 
     return path
 
 
+def read_newest(run_dir: Union[str, os.PathLike], checkpoint: Union[str, os.PathLike, int, None],
+                read: Callable[[Path], T]) -> T:  # fmt: skip
+    """``read(path)`` of the checkpoint meant by ``checkpoint`` (:func:`resolve_checkpoint`). For the
+    latest (None), a checkpoint that fails because a newer save pruned it meanwhile is not reported as
+    corrupt: the newest one is read instead."""
+    path = resolve_checkpoint(run_dir, checkpoint)
+    for _ in range(10) if checkpoint is None else ():
+        try:
+            return read(path)
+        except CheckpointError:
+            newest = latest_checkpoint(run_dir)
+            if newest is None or newest == path and path.is_dir():
+                raise  # still the newest and still there: really unreadable
+            path = newest
+    return read(path)
+
+
 def _corrupt(path: Path, detail: str) -> CheckpointError:
     return CheckpointError(
-        f"checkpoint {path} is truncated or corrupt ({detail}) — delete it to fall back to an earlier one, "
+        f"checkpoint {path} is truncated or corrupt ({detail[:200]}) — delete it to fall back to an earlier one, "
         "or pass another checkpoint"
     )
 
 
-def _read_weights(path: Path, name: str) -> dict[str, torch.Tensor]:
+def read_weights(path: Union[str, os.PathLike], name: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``path/name`` (a safetensors file); CheckpointError if missing, corrupt or non-finite."""
+    path = Path(path)
     f = path / name
     if not f.is_file():
         raise _corrupt(path, f"{name} is missing")
     try:
-        return st_load(f.read_bytes())
+        tensors = st_load(f.read_bytes())
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise _corrupt(path, f"{name}: {e}") from e
+    bad = nonfinite(tensors)
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite weights (NaN/inf in {name}:{bad}) — they cannot be used; "
+            "pass an earlier checkpoint (--checkpoint STEP) or train again with a lower train.lr"
+        )
+    return tensors
+
+
+def _valid_state(state: Any) -> Optional[str]:
+    """What is wrong with a parsed state.json, or None."""
+    if not isinstance(state, dict) or "step" not in state or "config" not in state:
+        return "state.json lacks step/config"
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"state.json step {str(step)[:40]!r} is not a non-negative integer"
+    if not isinstance(state["config"], dict):
+        return "state.json config is not an object"
+    return None
 
 
 def read_state(path: Union[str, os.PathLike]) -> dict[str, Any]:
-    """The state.json of a checkpoint directory (CheckpointError if missing or unreadable)."""
+    """The state.json of a checkpoint directory (CheckpointError if missing, unreadable or malformed)."""
     path = Path(path)
     f = path / "state.json"
     if not f.is_file():
         raise _corrupt(path, "state.json is missing")
     try:
-        state = json.loads(f.read_text())
+        if f.stat().st_size > MAX_STATE_BYTES:
+            raise _corrupt(path, f"state.json is larger than {MAX_STATE_BYTES >> 20} MB")
+        state = json.loads(f.read_bytes())
     except (OSError, ValueError) as e:
         raise _corrupt(path, f"state.json: {e}") from e
-    if not isinstance(state, dict) or "step" not in state or "config" not in state:
-        raise _corrupt(path, "state.json lacks step/config")
+    problem = _valid_state(state)
+    if problem:
+        raise _corrupt(path, problem)
     return state
 
 
 def load_checkpoint(
-    path: Union[str, os.PathLike], *, weights: tuple[str, ...] = ("model", "ema"), optimizer: bool = True,
+    path: Union[str, os.PathLike], *, weights: Sequence[str] = ("model", "ema"), optimizer: bool = True,
     map_location: Union[str, torch.device] = "cpu",
 ) -> Checkpoint:  # fmt: skip
-    """Load a checkpoint directory. ``weights`` picks which safetensors files to read; the optimizer
-    state is loaded with ``torch.load(weights_only=True)`` (no code runs on load)."""
+    """Load a checkpoint directory. ``weights`` picks which ``NAME.safetensors`` files to read; the
+    optimizer state is loaded with ``torch.load(weights_only=True)`` (no code runs on load)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist — pass a checkpoint directory of a run")
     state = read_state(path)
-    model = _read_weights(path, "model.safetensors") if "model" in weights else {}
-    ema = _read_weights(path, "ema.safetensors") if "ema" in weights else {}
+    tensors = {name: read_weights(path, f"{name}.safetensors") for name in weights}
     opt = None
     if optimizer:
         f = path / "optimizer.pt"
@@ -267,7 +347,7 @@ def load_checkpoint(
             opt = torch.load(f, map_location=map_location, weights_only=True)
         except Exception as e:  # truncated zip, unpickling refused, …
             raise _corrupt(path, f"optimizer.pt: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-    return Checkpoint(path, model, ema, opt, state)
+    return Checkpoint(path, tensors, opt, state)
 
 
 def check_signature(path: Union[str, os.PathLike], state: dict[str, Any], expected: str) -> None:
