@@ -243,3 +243,27 @@ def test_cli_trains_on_16bit_images(tmp_path):
     assert main([str(a) for a in argv]) == 0
     model = undiffuse.load(run)
     assert model.data.shape == (1, 8, 8) and not model.data.discrete_8bit
+
+
+def test_cli_trains_on_4_channel_patches_and_writes_them(tmp_path):
+    import undiffuse
+    from undiffuse.cli.main import main
+    from undiffuse.evaluation.nll import eval_data
+
+    stack = np.stack([np.arange(40 * 40, dtype=np.uint16).reshape(40, 40) * (k + 1) for k in range(4)])
+    np.save(tmp_path / "stack.npy", stack)  # one 4-channel 16-bit "microscope" image
+    run = tmp_path / "run"
+    argv = ["train", "--data", f"patches:{tmp_path / 'stack.npy'}", "--preset", "digits-tiny", "--out", run,
+            "--steps", "2", "--set", "data.patch_size=8", "--set", "data.patches_per_image=8",
+            "--set", "train.batch_size=4", "--set", "train.sample_every=1000", "--set", "train.val_every=1000",
+            "--no-progress"]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    model = undiffuse.load(run)
+    assert model.data.shape == (4, 8, 8) and not model.data.discrete_8bit
+    assert eval_data(model).shape == (8, 4, 8, 8)  # the run's patch options reach the held-out data
+    assert main(["sample", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (2, 8, 8, 4)  # .npy keeps every channel
+    assert main(["sample", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert Image.open(tmp_path / "g.png").mode == "RGB"  # the grid shows the first three
+    assert main(["sample", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "d") + "/"]) == 0
+    assert {Image.open(f).mode for f in (tmp_path / "d").iterdir()} == {"RGB"}  # not RGBA from 4 channels
