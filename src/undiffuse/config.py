@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -32,7 +33,7 @@ from typing import Any, Iterable, Optional, Union
 
 from undiffuse.diffusion.precond import PARAMETERIZATIONS  # one vocabulary: the math modules' names
 from undiffuse.diffusion.reverse import VAR_TYPES
-from undiffuse.errors import ConfigError
+from undiffuse.errors import ConfigError, brief
 from undiffuse.losses.denoising import WEIGHTINGS
 from undiffuse.nn.mlp import MLPConfig
 from undiffuse.nn.unet import UNetConfig
@@ -58,6 +59,8 @@ __all__ = [
 def _positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
     for n in names:
         v = getattr(obj, n)
+        if v is not None and not math.isfinite(v):
+            raise ConfigError(f"{_section(obj)}.{n} = {v} is not a finite number — set a finite value")
         if v is not None and (v < 0 or (v == 0 and not allow_zero)):
             bound = "≥ 0" if allow_zero else "> 0"
             raise ConfigError(f"{_section(obj)}.{n} = {v} must be {bound} — set a {'non-negative' if allow_zero else 'positive'} value")
@@ -66,7 +69,7 @@ def _positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
 def _choice(obj: Any, name: str, choices: Iterable[str]) -> None:
     v = getattr(obj, name)
     if v not in tuple(choices):
-        raise ConfigError(f"{_section(obj)}.{name} = {v!r} is not valid — choose one of {', '.join(map(str, choices))}")
+        raise ConfigError(f"{_section(obj)}.{name} = {brief(v)} is not valid — choose one of {', '.join(map(str, choices))}")
 
 
 def _section(obj: Any) -> str:
@@ -97,6 +100,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "image_size", "limit", "patch_size", "patches_per_image")
+        if self.image_size is not None and self.image_size < 2:
+            raise ConfigError(f"data.image_size = {self.image_size} is not an image — use at least 2 (e.g. 32)")
 
 
 @dataclass(frozen=True)
@@ -240,6 +245,8 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size = {self.batch_size} is not divisible by train.grad_accum = {self.grad_accum} — change one")
         if not 0 <= self.cond_drop < 1:
             raise ConfigError(f"train.cond_drop = {self.cond_drop} must lie in [0, 1)")
+        if not all(0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(f"train.adam_betas = {self.adam_betas} must lie in [0, 1) — e.g. 0.9,0.999")
 
 
 @dataclass(frozen=True)
@@ -251,6 +258,14 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = "fmnist"
+
+    def __post_init__(self) -> None:
+        size, levels = self.data.image_size, len(self.model.channel_mult)
+        if size is not None and self.model.arch != "mlp" and size < 2 ** (levels - 1):
+            raise ConfigError(
+                f"data.image_size = {size} is too small for a UNet that halves it {levels - 1} times "
+                f"(model.channel_mult has {levels} levels) — use at least {2 ** (levels - 1)}, or fewer levels"
+            )
 
 
 # --- presets ----------------------------------------------------------------------------------------
@@ -378,11 +393,11 @@ def _field(key: str) -> tuple[str, str, Any]:
     parts = key.split(".")
     if len(parts) != 2 or parts[0] not in _SECTIONS:
         raise ConfigError(
-            f"unknown config key {key!r} — keys are section.field with section one of {', '.join(_SECTIONS)}"
+            f"unknown config key {brief(key)} — keys are section.field with section one of {', '.join(_SECTIONS)}"
         )
     if parts[1] not in {f.name for f in fields(_section_type(parts[0]))}:
         valid = [k for k in config_keys() if k.startswith(parts[0] + ".")]
-        raise ConfigError(f"unknown config key {key!r} — valid {parts[0]} keys: {', '.join(valid)}")
+        raise ConfigError(f"unknown config key {brief(key)} — valid {parts[0]} keys: {', '.join(valid)}")
     return parts[0], parts[1], _hints(_section_type(parts[0]))[parts[1]]
 
 
@@ -424,10 +439,10 @@ def _parse(text: str, typ: Any, key: str) -> Any:
             try:
                 return _coerce(json.loads(text), typ, key)
             except json.JSONDecodeError as e:
-                raise ConfigError(f"{key}: {text!r} is not valid JSON ({e.msg}) — write k:v,k:v or a JSON object") from None
+                raise ConfigError(f"{key}: {brief(text)} is not valid JSON ({e.msg}) — write k:v,k:v or a JSON object") from None
         pairs = [p.split(":", 1) for p in text.split(",") if p.strip()]
         if any(len(p) != 2 for p in pairs):
-            raise ConfigError(f"{key}: {text!r} is not a mapping — write k:v,k:v (e.g. beta_start:1e-4,beta_end:0.02)")
+            raise ConfigError(f"{key}: {brief(text)} is not a mapping — write k:v,k:v (e.g. beta_start:1e-4,beta_end:0.02)")
         vtyp = typing.get_args(typ)[1]
         return {k.strip(): _parse_scalar(v.strip(), vtyp, key) for k, v in pairs}
     return _parse_scalar(text, typ, key)
@@ -438,8 +453,14 @@ def _tuple_item(typ: Any, i: int) -> Any:
     return args[0] if len(args) == 2 and args[1] is Ellipsis else args[min(i, len(args) - 1)]
 
 
+def _finite(value: float, key: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} = {value} is not a finite number — give a finite value")
+    return value
+
+
 def _parse_scalar(text: str, typ: Any, key: str) -> Any:
-    bad = ConfigError(f"{key} expects {_type_name(typ)}, got {text!r} — give a value of that type")
+    bad = ConfigError(f"{key} expects {_type_name(typ)}, got {brief(text)} — give a value of that type")
     if typ is bool:
         if text.lower() not in _BOOLS:
             raise bad
@@ -454,9 +475,10 @@ def _parse_scalar(text: str, typ: Any, key: str) -> Any:
         return int(f)
     if typ is float:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise bad from None
+        return _finite(value, key)
     return text
 
 
@@ -467,7 +489,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if value is None:
             return None
         return _coerce(value, next(a for a in args if a is not type(None)), key)
-    bad = ConfigError(f"{key} expects {_type_name(typ)}, got {value!r} — give a value of that type")
+    bad = ConfigError(f"{key} expects {_type_name(typ)}, got {brief(value)} — give a value of that type")
     origin = typing.get_origin(typ)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -482,7 +504,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         vtyp = typing.get_args(typ)[1]
         return {str(k): _coerce(v, vtyp, key) for k, v in value.items()}
     if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _finite(float(value), key)
     if typ is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if typ in (int, str, bool) and type(value) is not typ:
@@ -504,7 +526,7 @@ def from_dict(d: dict) -> RunConfig:
         raise ConfigError("a run configuration must be a JSON object — check config.json")
     unknown = set(d) - set(_SECTIONS) - {"preset"}
     if unknown:
-        raise ConfigError(f"unknown config section(s) {sorted(unknown)} — valid: {', '.join(_SECTIONS)}, preset")
+        raise ConfigError(f"unknown config section(s) {brief(sorted(map(str, unknown)))} — valid: {', '.join(_SECTIONS)}, preset")
     kw: dict[str, Any] = {}
     for s in _SECTIONS:
         sub = d.get(s, {})
@@ -513,7 +535,7 @@ def from_dict(d: dict) -> RunConfig:
         hints = _hints(_section_type(s))
         for k in sub:
             if k not in hints:
-                raise ConfigError(f"unknown config key '{s}.{k}' — valid keys: {', '.join(config_keys())}")
+                raise ConfigError(f"unknown config key {brief(f'{s}.{k}')} — valid keys: {', '.join(config_keys())}")
         kw[s] = _section_type(s)(**{k: _coerce(v, hints[k], f"{s}.{k}") for k, v in sub.items()})
     return RunConfig(**kw, preset=str(d.get("preset", "custom")))
 
