@@ -7,9 +7,30 @@ Other packages subclass :class:`UserError` for their own input errors (the data 
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
-__all__ = ["UserError", "ConfigError", "CheckpointError", "TrainingError", "brief"]
+__all__ = ["UserError", "ConfigError", "CheckpointError", "TrainingError", "brief", "os_error_message"]
+
+# errno → (what happened, what to do)
+_OS_ERRORS = {
+    errno.ENOSPC: ("disk full (no space left on device)", "free space and run again (a training run: --resume)"),
+    errno.EDQUOT: ("disk quota exceeded", "free space and run again (a training run: --resume)"),
+    errno.ENOENT: ("no such file or directory", "check the path"),
+    errno.ENOTDIR: ("a part of the path is a regular file, not a directory", "choose another path"),
+    errno.EEXIST: ("exists and is not a directory", "choose another path"),
+    errno.EISDIR: ("is a directory", "give a file path"),
+    errno.EACCES: ("permission denied", "choose a path you may write, or change its permissions"),
+    errno.EPERM: ("operation not permitted", "choose a path you may write, or change its permissions"),
+    errno.EROFS: ("read-only file system", "choose a writable path"),
+}
+
+
+def os_error_message(err: OSError) -> str:
+    """One line "PATH: cause — fix" for an OSError (full disk, a path under a regular file, …)."""
+    what, fix = _OS_ERRORS.get(err.errno, (err.strerror or str(err), "check the path and the disk"))
+    where = " → ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    return " ".join(f"{where + ': ' if where else ''}{what} — {fix}".split())
 
 
 def brief(value: Any, limit: int = 80) -> str:

@@ -2,7 +2,9 @@
 
 Every command is a module of this package with ``add_parser(subparsers)`` and ``run(args) -> int``.
 A :class:`~undiffuse.errors.UserError` (bad config, data, checkpoint, …) is printed as
-``undiffuse: error: <problem — fix>`` on stderr with exit status 2, never as a traceback.
+``undiffuse: error: <problem — fix>`` on stderr with exit status 2, never as a traceback; so is every
+``OSError`` that reaches the command line (full disk, a path under a regular file, no permission, …),
+with its cause and fix (:func:`undiffuse.errors.os_error_message`).
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("undiffuse: interrupted", file=sys.stderr)
         return 130
-    except FileNotFoundError as err:
-        print(f"undiffuse: error: {err.filename or err}: no such file — check the path", file=sys.stderr)
+    except OSError as err:  # a full disk, a path under a file, no permission, …: one line, never a traceback
+        from undiffuse.errors import os_error_message
+
+        print(f"undiffuse: error: {os_error_message(err)}", file=sys.stderr)
         return 2
 
 
