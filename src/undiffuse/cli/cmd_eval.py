@@ -127,12 +127,14 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace):
     """Sample a run (split over ranks under torchrun), evaluate on rank 0; None on other ranks."""
     import torch
 
-    from undiffuse.evaluation.report import evaluate_samples, is_baseline_run, sample_run
+    from undiffuse.baselines import KINDS as BASELINE_KINDS
+    from undiffuse.evaluation.report import evaluate_samples, sample_run
+    from undiffuse.runs import run_kind
     from undiffuse.training import distributed as D
 
     ctx = D.setup(args.device)
     try:
-        baseline = is_baseline_run(run_dir)
+        baseline = run_kind(run_dir) in BASELINE_KINDS
         if baseline:
             from undiffuse.baselines import load_baseline
 

@@ -29,7 +29,6 @@ Every result carries ``protocol``: number of samples, reference data, split and 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -40,7 +39,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import atomic_path, jsonable
+from ..io import atomic_path, jsonable, write_json, write_text
+from ..runs import run_kind
 from .classifier import SmallClassifier, accuracy, train_classifier
 from .frechet import frechet_distance_from_features, kid
 from .prdc import prdc
@@ -383,26 +383,12 @@ def write_report(result: dict, out_prefix: Union[str, os.PathLike], title: str =
             prefix = prefix[: -len(ext)]
     pj, pm = Path(prefix + ".json"), Path(prefix + ".md")
     clean = jsonable(result)
-    with atomic_path(pj) as tmp:
-        Path(tmp).write_text(json.dumps(clean, indent=2) + "\n")
-    with atomic_path(pm) as tmp:
-        Path(tmp).write_text(report_markdown(clean, title))
+    write_json(pj, clean)
+    write_text(pm, report_markdown(clean, title))
     return pj, pm
 
 
 # --- sampling a run (diffusion or baseline) at chosen indices ------------------------------------------
-
-
-def is_baseline_run(run_dir: Union[str, os.PathLike]) -> bool:
-    """True when ``run_dir`` holds a GAN/VAE baseline run (its config.json has ``config.kind``)."""
-    p = Path(run_dir) / "config.json"
-    if not p.is_file():
-        return False
-    try:
-        d = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(d, dict) and isinstance(d.get("config"), dict) and d["config"].get("kind") in ("gan", "vae")
 
 
 @torch.no_grad()
@@ -420,7 +406,9 @@ def sample_run(
     """
     idx = [int(i) for i in indices]
     t0, c0 = time.perf_counter(), time.process_time()
-    if is_baseline_run(run_dir):
+    from undiffuse.baselines import KINDS as BASELINE_KINDS
+
+    if run_kind(run_dir) in BASELINE_KINDS:
         from undiffuse.baselines import load_baseline, sample_indices
 
         net, cfg = (model if model is not None else load_baseline(run_dir, device or "cpu"))
