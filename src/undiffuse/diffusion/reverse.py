@@ -79,8 +79,15 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float = 0.995) -> torch.Tens
 def model_log_variance(
     schedule: Schedule, t: torch.Tensor, like: torch.Tensor, var_type: str, var_frac: Optional[torch.Tensor]
 ) -> torch.Tensor:
-    """log Σ_θ: fixed-small log β̃_t (clipped at t = 1), fixed-large log β_t, or learned
-    ν·log β_t + (1 − ν)·log β̃_t (Nichol & Dhariwal 2021, Eq. 15)."""
+    """log Σ_θ: fixed-small log β̃_t, fixed-large log β_t, or learned ν·log β_t + (1 − ν)·log β̃_t
+    (Nichol & Dhariwal 2021, Eq. 15).
+
+    At t = 1 the conventions differ. Fixed-small: β̃_1 = 0, so its log is clipped to log β̃_2, as in
+    DDPM's and improved-diffusion's code; this is the decoder's actual variance at t = 1. Fixed-large:
+    here β_1, literally Σ_t = β_t (Ho et al. 2020, Sec. 3.2); DDPM's ``diffusion_utils_2.py`` and
+    improved-diffusion instead use β̃_2 at t = 1 ("to get a better decoder log likelihood") — about β_1/2
+    on the linear schedule, so their last ancestral step adds less noise (std 0.0074 vs 0.01) and their
+    L_0 differs. The learned range uses log β_1 at t = 1 in both (improved-diffusion's ``max_log``)."""
     log_small = extract(schedule.posterior_log_variance_clipped, t, like).expand_as(like)
     log_large = extract(schedule.betas.log(), t, like).expand_as(like)
     if var_type == "fixed_small":

@@ -103,7 +103,8 @@ def vlb_term(
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
     true_mean, _, true_logvar = q_posterior_mean_variance(schedule, x0, x_t, t)
-    # at t = 1 the clipped log β̃_1 is a placeholder; the KL there is replaced by the decoder below
+    # at t = 1 the KL is replaced by the decoder below, so q's variance β̃_1 = 0 (true_logvar, clipped) is
+    # unused there; p's variance at t = 1 (fixed-small: the clipped β̃ = β̃_2) is the decoder's actual variance
     p = p_mean_variance(denoiser, schedule, x_t, t, var_type=var_type, clip=clip, **cond)
     mean = p.mean.detach() if detach_mean else p.mean
     kl = mean_flat_sum(normal_kl(true_mean, true_logvar, mean, p.log_variance))
