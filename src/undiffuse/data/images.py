@@ -18,7 +18,6 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -38,6 +37,7 @@ from undiffuse.data.imagefiles import (
     promote,
     read_pixels,
 )
+from undiffuse.io import atomic_path
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -124,17 +124,9 @@ def save_image_grid(x: torch.Tensor, path: Union[str, os.PathLike], nrow: int = 
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"unknown image suffix {path.suffix!r} for {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = make_grid(x, nrow)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:  # ``.NAME.XXXXXXXX.tmp``, mode 0666 & ~umask, cleared on a run's next start
+        img.save(tmp, format=fmt)
     return path
 
 
