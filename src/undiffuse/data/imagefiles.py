@@ -66,10 +66,11 @@ def _reading(f: Path) -> Iterator[None]:
     """Turn any failure to read ``f`` into a one-line DataError naming the file."""
     try:
         yield
-    except DataError:
+    except (DataError, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 — a file of any format can fail in many ways: each is the data's fault
-        raise DataError(f"cannot read image {f}: {e} — replace or remove the file") from e
+        cause = " ".join(str(e).split())[:300]  # one line, whatever the decoder said
+        raise DataError(f"cannot read image {f}: {cause} — replace or remove the file") from e
 
 
 def open_image(f: Path, mode: Optional[str] = None) -> Image.Image:
@@ -220,6 +221,8 @@ def _dicom_header(f: Path) -> ImageHeader:
     frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1))
     if frames > 1 and samples > 1:
         raise DataError(f"DICOM file {f} has {frames} colour frames — give grey frames (one channel each) or one colour frame")
+    if not 1 <= int(ds.BitsStored) <= 16:
+        raise DataError(f"DICOM file {f} stores {int(ds.BitsStored)} bits per sample — only 1 to 16 are read; convert it")
     return ImageHeader(frames if samples == 1 else samples, 8 if int(ds.BitsStored) <= 8 else 16,
                        int(ds.Columns), int(ds.Rows))  # fmt: skip
 
@@ -232,10 +235,10 @@ def _dicom_pixels(f: Path) -> np.ndarray:
     b = int(ds.BitsStored)
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     stored = np.arange(-(1 << (b - 1)), 1 << (b - 1)) if signed else np.arange(0, 1 << b)
-    a = ds.pixel_array.astype(np.float64)
+    a = ds.pixel_array
     if int(ds.get("SamplesPerPixel", 1)) == 1:
         lut = _modality_lut()
-        window = lut(stored, ds).astype(np.float64)
+        window = np.asarray(lut(stored, ds), np.float64)
         a = np.asarray(lut(a, ds), np.float64)
         a = np.moveaxis(a if a.ndim == 3 else a[None], 0, -1)  # frames → channels
     else:
