@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from undiffuse.diffusion.precond import Precond
-from undiffuse.errors import CheckpointError, ConfigError, UserError
+from undiffuse.errors import CheckpointError, ConfigError, UserError, brief
 from undiffuse.schedules.discrete import Schedule
 
 __all__ = [
@@ -226,20 +226,34 @@ class DenoiserAsEpsModel:
 
     x = x_t·√(1+σ²) with σ = σ_{t_d+1} of ``schedule``, D = denoiser(x, σ), ε̂ = (x − D)/σ; works for
     any parameterization (give the scheduler ``prediction_type="epsilon"`` and ``trained_betas`` =
-    ``schedule.betas``). ``nfe`` counts calls."""
+    ``schedule.betas``). ``sigma`` (optional) evaluates at that σ instead of the table's σ at t_d: the
+    scheduler's own σ where its steps fall between table steps (Karras σ, linspace spacing). ``nfe``
+    counts calls."""
 
     def __init__(self, denoiser, schedule: Schedule) -> None:
         self.denoiser, self.schedule, self.nfe = denoiser, schedule, 0
 
-    def __call__(self, x_t: torch.Tensor, t_d) -> torch.Tensor:
+    def __call__(self, x_t: torch.Tensor, t_d, sigma=None) -> torch.Tensor:
         self.nfe += 1
-        t = torch.as_tensor(t_d, device="cpu").long().reshape(-1)
-        sigma = self.schedule.sigmas[t].to(x_t.device).expand(x_t.shape[0])  # float64 [B]
+        if sigma is None:
+            sigma = self.schedule.sigmas[torch.as_tensor(t_d, device="cpu").long().reshape(-1)]
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).to(x_t.device).expand(x_t.shape[0])  # [B]
         if torch.isinf(sigma).any():
             raise ValueError("σ = ∞ (zero terminal SNR) has no ε-form; use an undiffuse sampler")
         s = sigma.to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
         x = x_t * torch.sqrt(1 + s**2)
         return (x - self.denoiser(x, sigma)) / s
+
+
+def _inside(model_dir: Path, name: str, index: Path) -> Path:
+    """``model_dir / name``, refused unless it stays inside ``model_dir`` (an index may not name ``../x``,
+    an absolute path, or a link out of the folder)."""
+    root = model_dir.resolve()
+    path = (model_dir / name).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise CheckpointError(f"{index} names a shard outside the model folder ({brief(name)}) — use a model saved "
+                              "with save_pretrained(), whose shards lie beside the index")  # fmt: skip
+    return path
 
 
 def _load_weights(model_dir: Path) -> dict:
@@ -249,10 +263,12 @@ def _load_weights(model_dir: Path) -> dict:
     if single.is_file():
         return load_file(str(single), device="cpu")
     if index.is_file():  # sharded safetensors
-        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        weight_map = _read_json(index).get("weight_map", {})
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no weight_map object — re-save the model with save_pretrained()")
         state: dict = {}
-        for shard in shards:
-            state.update(load_file(str(model_dir / shard), device="cpu"))
+        for shard in sorted(set(map(str, weight_map.values()))):
+            state.update(load_file(str(_inside(model_dir, shard, index)), device="cpu"))
         return state
     if (model_dir / PICKLED).is_file() or (model_dir / (PICKLED + ".index.json")).is_file():
         raise CheckpointError(

@@ -18,10 +18,10 @@ The last step to σ = 0 is x = x̂_0 (h = ∞), and no corrector runs after it. 
 is the DDIM step x̂_0 + σ_1·n and starts no history (its λ is −∞); the corrector is skipped for it.
 
 Lower-order final steps (``lower_order_final=True``, the default; as diffusers'
-``UniPCMultistepScheduler(lower_order_final=True)``, on grids of any length): step i of n predicts
-with order min(order, n − i) — the last step first order, the one before at most second — and its
-corrector uses the same points (:func:`~undiffuse.samplers.dpmsolver.final_order_cap`). Without it
-UniPC-3 extrapolates a second divided difference over the last, largest λ-step of a few-step grid.
+``UniPCMultistepScheduler(lower_order_final=True)``): step i of n predicts with order
+min(order, n − i) — the last step first order, the one before at most second — and its corrector
+uses the same points (:func:`~undiffuse.samplers.dpmsolver.final_order_cap`). Without it UniPC-3
+extrapolates a second divided difference over the last, largest λ-step of a grid ending at a small σ_1.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def sample_unipc(
             x_next, used = first_order_step(x, denoised, sigma, sigma_next), None
         else:
             history = (history + [(-math.log(sigma), denoised)])[-order:]
-            p = final_order_cap(i, n, order, below=None) if lower_order_final else order
+            p = final_order_cap(i, n, order) if lower_order_final else order
             used, x_last, sigma_last = history[-p:], x, sigma
             x_next = denoised if sigma_next == 0 else _unified_update(x, used, sigma, sigma_next)
         x = x_next
