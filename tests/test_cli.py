@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from undiffuse.cli.main import main
+from undiffuse.cli.main import COMMANDS, build_parser, main
 
 TINY = ["--set", "train.batch_size=16", "--set", "train.ckpt_every=5", "--set", "train.sample_every=1000",
         "--set", "train.val_every=1000", "--no-progress"]
@@ -52,10 +52,17 @@ def test_sample_i_independent_of_n_and_batch(digits_run, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy")[:3], np.load(tmp_path / "b.npy"))
 
 
-def test_nll_prints_json(digits_run, capsys):
-    assert run_cli("nll", digits_run, "--n", "8", "--n-t", "4") == 0
-    out = json.loads(capsys.readouterr().out)
-    assert np.isfinite(out["bits_per_dim"]) and out["stderr"] > 0 and out["units"] == "continuous"
+def test_nll_headline_and_json(digits_run, tmp_path, capsys):
+    """One headline (bound ± SE and its parts); the per-stratum details only in --json PATH or with --json -."""
+    assert run_cli("nll", digits_run, "--n", "8", "--n-t", "4", "--json", tmp_path / "nll.json") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "bits/dim" in lines[0] and "±" in lines[0]
+    assert all(part in lines[0] for part in ("prior", "decoder", "KL")) and "nll.json" in lines[1]
+    saved = json.loads((tmp_path / "nll.json").read_text())
+    assert np.isfinite(saved["bits_per_dim"]) and saved["stderr"] > 0 and saved["units"] == "continuous"
+    assert len(saved["kl_strata"]) == 4
+    assert run_cli("nll", digits_run, "--n", "8", "--n-t", "4", "--json", "-") == 0
+    assert json.loads(capsys.readouterr().out) == saved  # the same result, nothing but the JSON
 
 
 def test_resume_more_steps(digits_run, tmp_path):
@@ -70,7 +77,11 @@ def test_resume_more_steps(digits_run, tmp_path):
 def test_noise_and_schedule_plots(tmp_path):
     Image.fromarray((np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
     assert run_cli("noise", tmp_path / "in.png", "--t", "0,10,1000", "--out", tmp_path / "n.png") == 0
-    assert Image.open(tmp_path / "n.png").size[0] > 3 * 16
+    assert Image.open(tmp_path / "n.png").size[1] >= 128 and Image.open(tmp_path / "n.png").size[0] >= 3 * 128
+    strip = np.asarray(Image.open(tmp_path / "n.png"))
+    assert (strip[2:130:8, 2:130:8] == strip[9:137:8, 9:137:8]).all()  # nearest neighbour: 8×8 blocks of a pixel
+    assert run_cli("noise", tmp_path / "in.png", "--t", "0,10", "--min-px", "0", "--out", tmp_path / "n1.png") == 0
+    assert Image.open(tmp_path / "n1.png").size[1] < 32
     assert run_cli("schedule", "--names", "linear,cosine", "--T", "100", "--out", tmp_path / "s.png") == 0
     assert (tmp_path / "s.png").is_file()
 
@@ -88,12 +99,21 @@ def test_noise_and_schedule_plots(tmp_path):
         (["noise", "{tmp}/nope.png"], "nope.png"),
         (["sample", "{run}", "--n", "2", "--sampler", "magic", "--out", "{tmp}/x.png"], "magic"),
         (["sample", "{run}", "--n", "2", "--out", "{tmp}/x.txt"], ".txt"),
+        (["sample", "{run}", "--n", "2", "--spacing", "nope", "--out", "{tmp}/x.png"], "trailing"),
+        (["train", "--data", "digits", "--out", "{tmp}/r", "--steps", "0"], "--steps"),
+        (["sample", "{run}", "--n", "-1", "--out", "{tmp}/x.png"], "--n"),
+        (["sample", "{run}", "--bogus", "--out", "{tmp}/x.png"], "--bogus"),
     ],
 )
 def test_bad_input_one_line_exit_2(argv, needle, tmp_path, digits_run, capsys):
+    """Bad input — the commands' own checks and argparse's alike — is one line and exit status 2."""
     fill = {"tmp": tmp_path, "missing": tmp_path / "no_run", "run": digits_run}
     argv = [a.format(**fill) for a in argv]
-    assert run_cli(*argv) == 2
+    try:
+        code = run_cli(*argv)
+    except SystemExit as e:  # argparse
+        code = e.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("undiffuse: error:") and needle in err
 
@@ -106,10 +126,84 @@ def test_non_empty_run_dir_refused_and_untouched(tmp_path, capsys):
     assert (run / "keep.txt").read_text() == "mine" and sorted(p.name for p in run.iterdir()) == ["keep.txt"]
 
 
-def test_zero_steps_refused_by_argparse(tmp_path):
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_and_quiet(command, capsys):
     with pytest.raises(SystemExit) as e:
-        run_cli("train", "--data", "digits", "--out", tmp_path / "r", "--steps", "0")
-    assert e.value.code == 2
+        run_cli(command, "--help")
+    assert e.value.code == 0 and "--quiet" in capsys.readouterr().out
+
+
+def test_sampling_commands_default_to_one_thread(digits_run):
+    """The measured default (README: one thread is the fastest per core, and much faster on a busy CPU)."""
+    parser = build_parser()
+    for argv in (["sample", "RUN", "--out", "x.png"], ["nll", "RUN"], ["eval", "RUN"]):
+        assert parser.parse_args(argv).threads == 1
+    assert parser.parse_args(["sample", "RUN", "--out", "x.png", "--threads", "2"]).threads == 2
+
+
+def test_bench_writes_outside_the_tracked_results_by_default():
+    assert build_parser().parse_args(["bench", "--quick"]).out == "bench-results"
+
+
+@pytest.mark.parametrize("out", ["x.npz", "outdir", "file.png/x.png"])
+def test_out_refused_before_any_sampling(out, digits_run, tmp_path, monkeypatch, capsys):
+    """An --out that cannot be written is refused with one line before a single sample is drawn."""
+    import undiffuse.api
+
+    (tmp_path / "file.png").write_bytes(b"not a directory")
+    calls = []
+    monkeypatch.setattr(undiffuse.api, "sample", lambda *a, **k: calls.append(1))
+    assert run_cli("sample", digits_run, "--n", "2", "--out", tmp_path / out) == 2
+    err = capsys.readouterr().err.strip()
+    assert calls == [] and len(err.splitlines()) == 1 and err.startswith("undiffuse: error:")
+
+
+def _on_a_terminal(argv: list, timeout: float = 300) -> tuple[int, str, str]:
+    """Run the CLI in a subprocess whose stderr is a pseudo-terminal: (exit status, stdout, what the terminal got)."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "undiffuse.cli.main", *map(str, argv)], stdout=subprocess.PIPE,
+                         stderr=slave, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out = p.communicate(timeout=timeout)[0].decode()
+    os.close(master)
+    return p.returncode, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_sample_progress_on_a_terminal_only(digits_run, tmp_path):
+    """A bar with samples/s on a terminal; nothing with --quiet; nothing when stderr is not a terminal."""
+    argv = ["sample", digits_run, "--n", "6", "--steps", "4", "--batch-size", "4"]
+    code, out, tty = _on_a_terminal([*argv, "--out", tmp_path / "a.png"])
+    assert code == 0 and "sample/s" in tty and "/6 " in tty and "wrote 6 samples" in out
+    code, _, tty = _on_a_terminal([*argv, "--quiet", "--out", tmp_path / "b.png"])
+    assert code == 0 and tty.strip() == ""
+    p = subprocess.run([sys.executable, "-m", "undiffuse.cli.main", *map(str, argv), "--out", tmp_path / "c.png"],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0 and p.stderr == ""
+
+
+def test_nll_progress_on_a_terminal(digits_run):
+    code, out, tty = _on_a_terminal(["nll", digits_run, "--n", "8", "--n-t", "2", "--batch-size", "4"])
+    assert code == 0 and "example/s" in tty and "bits/dim" in out
+
+
+def test_trainer_says_what_it_does_after_the_last_step(tmp_path):
+    code, out, tty = _on_a_terminal(["train", "--data", "digits", "--preset", "digits-tiny", "--out", tmp_path / "r",
+                                     "--steps", "3", "--set", "train.batch_size=8", "--set", "train.sample_every=3"])
+    assert code == 0
+    assert "sampling preview grid…" in tty and "saving checkpoint…" in tty and "plotting loss…" in tty
+    assert "last-step loss" in out and "means over" in out
 
 
 def test_subprocess_exit_code_and_no_traceback(tmp_path):

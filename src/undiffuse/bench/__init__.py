@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
-import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Union
 
 import torch
 
 from undiffuse.bench.report import device_name, format_table, row, versions, write_results
+from undiffuse.progress import note, progress
 from undiffuse.bench.throughput import (
     Setup,
     interleaved,
@@ -191,7 +191,7 @@ class _Job:
 def run_bench(
     quick: bool = True,
     device: Union[str, torch.device, None] = None,
-    out_dir: Union[str, os.PathLike, None] = "benchmarks/results",
+    out_dir: Union[str, os.PathLike, None] = "bench-results",
     run_dirs: Optional[dict] = None,
     *,
     tiny: bool = False,
@@ -210,7 +210,8 @@ def run_bench(
         quick: a few minutes on CPU: small batches, few repeats, sampling timed on 2 of the 50 steps
             and scaled (the row says so), no ``torch.compile``.
         device: "cpu", "cuda", … (default: cuda when available).
-        out_dir: where the JSON and markdown go (None: nothing written).
+        out_dir: where the JSON and markdown go (None: nothing written; the repository's committed results
+            are refreshed with ``benchmarks/results``).
         run_dirs: trained runs for the quality rows, e.g. {"fmnist": "runs/fmnist", "toy": "runs/toy"}.
         tiny: tests only — the 8×8 "tiny" network, 2 repeats, tiny batches.
         repeats: timed repeats per measurement (default 5; ≥ 5 is the protocol).
@@ -270,17 +271,20 @@ def run_bench(
             jobs.append(_Job(f"quality_{label}", False, run_job))
         # eager measurements first, compiled / graph-captured ones last: a run cut short keeps the eager rows
         files: list[str] = []
-        for job in sorted(jobs, key=lambda j: j.slow):
-            try:
-                rows += job.run()
-            except Exception as e:  # one failed measurement (e.g. a compiler error) must not lose the others
-                if tiny:
-                    raise
-                error = f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
-                rows += [row(job.name, "failed", None, None, error)]
-            if out_dir is not None:  # the results so far, rewritten after every measurement
-                files = [str(p) for p in write_results(_result(dev, quick, tiny, repeats, warmup, rows, quality, diff),
-                                                       out_dir, dev)]  # fmt: skip
+        with progress(total=len(jobs), desc="bench", unit="measurement") as bar:
+            for job in sorted(jobs, key=lambda j: j.slow):
+                bar.set_postfix_str(job.name)
+                try:
+                    rows += job.run()
+                except Exception as e:  # one failed measurement (e.g. a compiler error) must not lose the others
+                    if tiny:
+                        raise
+                    error = f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                    rows += [row(job.name, "failed", None, None, error)]
+                if out_dir is not None:  # the results so far, rewritten after every measurement
+                    files = [str(p) for p in write_results(_result(dev, quick, tiny, repeats, warmup, rows, quality,
+                                                                   diff), out_dir, dev)]  # fmt: skip
+                bar.update(1)
         result = _result(dev, quick, tiny, repeats, warmup, rows, quality, diff)
         if out_dir is not None:
             result["files"] = files or [str(p) for p in write_results(result, out_dir, dev)]
@@ -364,8 +368,7 @@ class _Rows(list):
     def __iadd__(self, new):
         for r in new:
             if self.echo:
-                print(f"[bench] {r['name']}: undiffuse {r['undiffuse']}, diffusers {r['diffusers']}, "
-                      f"speedup {r['speedup']}", file=sys.stderr, flush=True)  # fmt: skip
+                note(f"[bench] {r['name']}: undiffuse {r['undiffuse']}, diffusers {r['diffusers']}, speedup {r['speedup']}")
             self.append(r)
         return self
 

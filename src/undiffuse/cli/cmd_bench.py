@@ -1,6 +1,7 @@
 """``undiffuse bench``: undiffuse against diffusers on the same network and device, in one run.
 
-Prints a markdown table and writes ``OUT/<date>-<device>.json`` (+ ``.md``): training and sampling
+Prints a markdown table and writes ``OUT/<date>-<device>.json`` (+ ``.md``; OUT is ``./bench-results`` unless
+``--out`` says otherwise — the committed results are refreshed with ``--out benchmarks/results``): training and sampling
 throughput (out of the box and best paths of both libraries), peak memory, and the error per network
 evaluation of every sampler (on the 25-Gaussian oracle, and on trained runs given with ``--run``).
 See ``benchmarks/README.md`` for the protocol.
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 
-from undiffuse.cli.common import add_device, positive_int
+from undiffuse.cli.common import add_device, add_threads, positive_int
+
+#: where results go unless --out is given: the current directory, never the repository's tracked results
+DEFAULT_OUT = "bench-results"
 
 
 def add_parser(sub) -> None:
@@ -23,16 +27,15 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="a few minutes on CPU: small batches, 2 of the 50 "
                    "sampling steps timed, no torch.compile")  # fmt: skip
-    p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and markdown (default "
-                   "benchmarks/results)")  # fmt: skip
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the JSON and markdown (default ./{DEFAULT_OUT}; "
+                   "the repository's committed results: --out benchmarks/results)")  # fmt: skip
     p.add_argument("--run", action="append", default=[], metavar="LABEL=RUN_DIR",
                    help="a trained run for the quality rows, e.g. fmnist=runs/fmnist (repeatable)")
     p.add_argument("--fd-samples", type=int, default=None, metavar="N", help="samples per image distance of a --run "
                    "(classifier FD of the best samplers at 10/20 NFE and of 1000-step DDPM; default 100 with --quick, "
                    "else 500; 0 skips)")  # fmt: skip
     p.add_argument("--repeats", type=positive_int, default=None, help="timed repeats (default 5, the protocol)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's; 1 "
-                   "gives steadier timings on a CPU shared with other jobs)")  # fmt: skip
+    add_threads(p, default=None)
     p.add_argument("--no-compile", action="store_true", help="best paths without torch.compile")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory rows")
     p.add_argument("--no-oracle", action="store_true", help="skip the quality rows on the 25-Gaussian oracle")

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
-from undiffuse.cli.common import add_device, positive_int
+from undiffuse.cli.common import add_device, add_threads, positive_int
+
+#: the fewest samples for a stable Fréchet distance: at least this many, and twice the feature dimension
+MIN_FD_SAMPLES = 1000
 
 
 def add_parser(sub) -> None:
@@ -41,6 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, metavar="PREFIX", help="report path without extension (default: "
                    "RUN_DIR/eval, or beside the samples)")
     add_device(p)
+    add_threads(p)
     p.set_defaults(func=run)
 
 
@@ -100,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         from undiffuse.evaluation.report import evaluate_samples
 
         x = load_samples(target, args.data)
+        warn_few_samples(len(x), "image" if x.ndim == 4 else "vector", args.fid)
         result = evaluate_samples(x, args.data, args.split, n_ref=args.n_ref, classifier_path=args.classifier,
                                   device=args.device or "cpu", fid=args.fid, n_ref_fid=args.n_ref_fid)  # fmt: skip
         result["target"] = str(target)
@@ -130,6 +136,7 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace):
     from undiffuse.baselines import KINDS as BASELINE_KINDS
     from undiffuse.evaluation.report import evaluate_samples, sample_run
     from undiffuse.runs import run_kind
+    from undiffuse.progress import sampling_progress
     from undiffuse.training import distributed as D
 
     ctx = D.setup(args.device)
@@ -145,8 +152,13 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace):
 
             model = api.load(run_dir, device=ctx.device)
             data_spec = model.data.name
+        if ctx.is_main:
+            warn_few_samples(args.n, model[1].data_kind if baseline else model.data.kind, args.fid)
         indices = list(range(ctx.rank, args.n, ctx.world_size))
-        x, info = sample_run(run_dir, indices, args.seed, sampler=args.sampler, steps=args.steps, model=model)
+        steps = 1 if baseline else args.steps
+        with sampling_progress(len(indices), steps, desc="sampling") as cb:
+            x, info = sample_run(run_dir, indices, args.seed, sampler=args.sampler, steps=args.steps, model=model,
+                                 callback=cb)  # fmt: skip
         if ctx.distributed:
             import torch.distributed as dist
 
@@ -169,6 +181,23 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace):
         D.teardown(ctx)
 
 
+def warn_few_samples(n: int, kind: str, fid: bool) -> None:
+    """Warn on stderr when ``n`` image samples are too few for a stable Fréchet distance: it is biased upward
+    by about tr(Σ)/n, and its covariance estimate needs more samples than feature dimensions."""
+    if kind != "image":
+        return
+    from undiffuse.evaluation.classifier import ClassifierConfig
+    from undiffuse.evaluation.inception import FEATURE_DIM
+
+    dims = {"classifier FD": ClassifierConfig().feature_dim, **({"FID": FEATURE_DIM} if fid else {})}
+    need = {name: max(MIN_FD_SAMPLES, 2 * d) for name, d in dims.items()}
+    short = [name for name, k in need.items() if n < k]
+    if short:
+        print(f"undiffuse: warning: {n} samples are too few for a stable {' and '.join(short)} (biased upward and "
+              f"noisy) — use at least {max(need[s] for s in short)} samples (≥ {MIN_FD_SAMPLES} and ≥ 2× the "
+              "feature dimension) to compare models", file=sys.stderr)  # fmt: skip
+
+
 def run_nll(run_dir: Path, model, baseline: bool, args: argparse.Namespace):
     """Diffusion VLB (api.nll) or VAE ELBO in bits/dim on the test split; None for a GAN or --nll-n 0."""
     if args.nll_n <= 0:
@@ -180,6 +209,9 @@ def run_nll(run_dir: Path, model, baseline: bool, args: argparse.Namespace):
 
         return baseline_nll(run_dir, "test", n=args.nll_n, device=next(model[0].parameters()).device)
     import undiffuse.api as api
+    from undiffuse.progress import advance_to, progress
 
-    r = api.nll(model, api.eval_data(model, None, "test", args.nll_n), n_t=args.nll_nt)
+    x0 = api.eval_data(model, None, "test", args.nll_n)
+    with progress(total=len(x0), desc="nll", unit="example") as bar:
+        r = api.nll(model, x0, n_t=args.nll_nt, on_batch=advance_to(bar))
     return {k: v for k, v in r.items() if k != "kl_strata"}

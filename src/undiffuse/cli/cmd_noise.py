@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from undiffuse.cli.common import int_list
+from undiffuse.cli.common import int_list, nonneg_int
+
+#: the smallest tile of the strip, in pixels: small images (28×28) are enlarged so that the noise can be seen
+MIN_TILE_PX = 128
 
 
 def add_parser(sub) -> None:
@@ -20,6 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--T", type=int, default=1000, help="number of diffusion steps T")
     p.add_argument("--size", type=int, default=None, help="resize and centre-crop to this size first")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (the same noise for every t)")
+    p.add_argument("--min-px", type=nonneg_int, default=MIN_TILE_PX, help="enlarge each tile (nearest neighbour, "
+                   f"an integer factor) to at least this many pixels for viewing (default {MIN_TILE_PX}; 0: the image's size)")
     p.add_argument("--out", default="noise.png", help="output PNG")
     p.set_defaults(func=run)
 
@@ -36,6 +42,13 @@ def forward_process_strip(x0: torch.Tensor, steps: list[int], schedule, seed: in
         else:
             rows.append(q_sample(schedule, x0[None].double(), torch.tensor([t]), noise[None])[0])
     return torch.stack(rows).float()
+
+
+def upscale(x: torch.Tensor, min_px: int) -> torch.Tensor:
+    """Images [N, C, H, W] enlarged by the smallest integer factor that makes each side ≥ ``min_px``, by
+    repeating pixels (nearest neighbour: every pixel of the noise stays visible as it is)."""
+    k = max(1, math.ceil(min_px / min(x.shape[-2:])))
+    return x.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +69,6 @@ def run(args: argparse.Namespace) -> int:
     arr = np.array(img)
     x0 = from_uint8(torch.from_numpy(arr.reshape(*arr.shape[:2], -1))[None])[0]
     strip = forward_process_strip(x0, args.t, make_schedule(args.schedule, args.T), args.seed)
-    save_image_grid(strip.clamp(-1, 1), args.out, nrow=len(args.t))
+    save_image_grid(upscale(strip.clamp(-1, 1), args.min_px), args.out, nrow=len(args.t))
     print(f"wrote {args.out} (t = {', '.join(map(str, args.t))})")
     return 0

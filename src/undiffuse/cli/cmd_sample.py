@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from undiffuse.cli.common import add_device, positive_int
+from undiffuse.cli.common import add_device, add_threads, positive_int
 from undiffuse.schedules.grids import GRIDS
 
 
@@ -37,12 +37,15 @@ def add_parser(sub) -> None:
     p.add_argument("--gif", default=None, help="also write an animated GIF of the denoising trajectory (x̂_0 of the first 16 samples)")
     p.add_argument("--out", required=True, help="output: grid.png, samples.npy or a directory ending in /")
     add_device(p)
+    add_threads(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import undiffuse.api as api
+    from undiffuse.data.kinds import check_output
     from undiffuse.errors import UserError
+    from undiffuse.progress import sampling_progress
 
     if args.eta is not None and not 0 <= args.eta <= 1:
         raise UserError(f"--eta {args.eta} must lie in [0, 1]")
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sampler not in api.sampler_names():
         raise UserError(f"unknown sampler {args.sampler!r} — choose one of {', '.join(api.sampler_names())}")
     model = api.load(args.run_dir, args.checkpoint, ema=not args.raw, device=args.device)
+    check_output(args.out, model.data.kind)
     frames: list = []
     callback = _trajectory(frames) if args.gif else None
     info: dict = {}
@@ -62,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
         kw["threshold"] = args.threshold
     if not kw and (args.class_label is not None or args.prompt is not None):
         raise UserError("this run is unconditional — drop --class/--prompt")
-    x = api.sample(model, args.n, args.seed, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                   batch_size=args.batch_size, callback=callback, spacing=args.spacing, info=info, **kw)
+    with sampling_progress(args.n, args.steps, then=callback) as cb:
+        x = api.sample(model, args.n, args.seed, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                       batch_size=args.batch_size, callback=cb, spacing=args.spacing, info=info, **kw)
     api.save_samples(x, args.out, model.data)
     if args.gif:
         _write_gif(frames, args.gif)
@@ -96,6 +101,7 @@ def run_baseline(args: argparse.Namespace) -> int:
     from undiffuse.baselines import load_baseline, sample_baseline
     from undiffuse.build import DataInfo
     from undiffuse.data import load_dataset
+    from undiffuse.data.kinds import check_output
     from undiffuse.errors import UserError
 
     diffusion_only = {"--gif": args.gif, "--class": args.class_label, "--prompt": args.prompt,
@@ -105,6 +111,7 @@ def run_baseline(args: argparse.Namespace) -> int:
     if given:
         raise UserError(f"{'/'.join(given)} apply to diffusion runs, not to a GAN/VAE baseline — drop them")
     _, cfg = load_baseline(args.run_dir)
+    check_output(args.out, cfg.data_kind)
     ds = load_dataset(cfg.data, "train", cfg.image_size)
     x = sample_baseline(args.run_dir, args.n, args.seed, batch_size=args.batch_size, device=args.device or "cpu")
     reference = ds.x[:2000] if ds.kind == "vector" else None

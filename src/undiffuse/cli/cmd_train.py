@@ -61,12 +61,13 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         args.overrides = [*args.overrides, f"train.seed={args.seed}"]
     cfg = resolve(args)
-    s = train(cfg, args.out, steps=args.steps, resume=args.resume, device=args.device, progress=not args.no_progress)
+    s = train(cfg, args.out, steps=args.steps, resume=args.resume, device=args.device, progress=not (args.no_progress or args.quiet))
     if s.interrupted:
         print(f"interrupted at step {s.step}; checkpoint saved: {s.checkpoint} — continue with --resume")
         return 130
     print(f"trained {s.start_step} → {s.step} steps in {s.seconds:.0f} s ({s.img_per_s:.1f} img/s); "
-          f"loss {s.loss if s.loss is None else round(s.loss, 5)}, val loss {s.val_loss if s.val_loss is None else round(s.val_loss, 5)}; "
+          f"last-step loss {s.loss if s.loss is None else round(s.loss, 5)} (log.jsonl: means over "
+          f"{cfg.train.log_every} steps), val loss {s.val_loss if s.val_loss is None else round(s.val_loss, 5)}; "
           f"checkpoint {s.checkpoint}")
     return 0
 

@@ -14,11 +14,21 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
+from undiffuse.cli.common import add_quiet, apply_common
+
 COMMANDS = ("train", "sample", "nll", "noise", "schedule", "eval", "bench", "edit", "study")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser (and, through ``add_subparsers``, every command's) whose errors are one line
+    ``undiffuse: error: problem — fix`` with exit status 2, like the commands' own errors; --help is unchanged."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"undiffuse: error: {' '.join(message.split())} — see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="undiffuse",
         description="Diffusion models: train, sample, evaluate likelihood and quality, benchmark.",
     )
@@ -31,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(sub)
+        add_quiet(sub.choices[name])
     return parser
 
 
@@ -45,6 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        apply_common(args)
         return int(args.func(args) or 0)
     except _user_errors() as err:
         print(f"undiffuse: error: {' '.join(str(err).split())}", file=sys.stderr)

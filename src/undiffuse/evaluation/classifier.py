@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
 
 from ..io import atomic_write
+from ..progress import progress
 from .frechet import frechet_distance_from_features
 
 FORMAT = "undiffuse.SmallClassifier/1"
@@ -92,10 +93,11 @@ class SmallClassifier(nn.Module):
         self.eval()
         device = next(self.parameters()).device
         try:
-            out = [
-                fn(x[i : i + batch_size].to(device, torch.float32)).cpu()
-                for i in range(0, len(x), batch_size)
-            ]
+            with progress(total=len(x), desc="classifier features", unit="img") as bar:
+                out = []
+                for i in range(0, len(x), batch_size):
+                    out.append(fn(x[i : i + batch_size].to(device, torch.float32)).cpu())
+                    bar.update(len(out[-1]))
         finally:
             self.train(was_training)
         return torch.cat(out)
@@ -179,15 +181,17 @@ def train_classifier(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     x, y = x.float(), y.long()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(steps_per_epoch):
-            idx = order[i * batch : (i + 1) * batch]
-            loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    with progress(total=epochs * steps_per_epoch, desc="training the classifier", unit="step") as bar:
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=gen)
+            for i in range(steps_per_epoch):
+                idx = order[i * batch : (i + 1) * batch]
+                loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(1)
     return model.eval()
 
 

