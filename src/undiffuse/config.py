@@ -342,11 +342,14 @@ def get_preset(name: str) -> RunConfig:
 def resolve_config(data: Optional[str] = None, preset: Optional[str] = None, overrides: Iterable[str] = ()) -> RunConfig:
     """The configuration a ``train --data D --preset P --set k=v …`` command means.
 
-    Without a preset, ``toy:*`` data picks ``toy`` and anything else ``fmnist``; ``data`` sets
-    ``data.name``; then the overrides apply in order.
+    Without a preset, the default preset of the data's kind (:data:`undiffuse.data.kinds.KINDS`: toy data →
+    ``toy``, images → ``fmnist``); ``data`` sets ``data.name``; then the overrides apply in order.
     """
-    if preset is None:
-        preset = "toy" if data is not None and data.startswith("toy:") else "fmnist"
+    if preset is None:  # the default preset of the data's kind (undiffuse.data.kinds)
+        from undiffuse.data import spec_kind
+        from undiffuse.data.kinds import kind_of
+
+        preset = kind_of(spec_kind(data)).preset if data is not None else "fmnist"
     cfg = get_preset(preset)
     if data is not None:
         cfg = replace(cfg, data=replace(cfg.data, name=data))

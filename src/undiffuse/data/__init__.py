@@ -17,9 +17,10 @@ the discretized decoder of Ho et al. (2020) and bits/dim assume; the digits have
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,10 @@ __all__ = [
     "DATASET_SPECS",
     "DataError",
     "Dataset",
+    "SOURCES",
+    "Source",
+    "source_of",
+    "spec_kind",
     "FASHION_MNIST_CLASSES",
     "TOYS",
     "from_uint8",
@@ -61,10 +66,6 @@ __all__ = [
     "toy_modes",
 ]
 
-DATASET_SPECS = ("fashion-mnist", "fashion-mnist:DIR", "digits", "folder:PATH", "patches:PATH", "medical[:NAME]",
-                 *(f"toy:{name}" for name in sorted(TOYS)))  # fmt: skip
-
-
 @dataclass
 class Dataset:
     """A whole dataset in memory.
@@ -76,7 +77,7 @@ class Dataset:
 
     x: torch.Tensor
     y: Optional[torch.Tensor]
-    kind: Literal["image", "vector"]
+    kind: str  # a key of undiffuse.data.kinds.KINDS: "image", "vector", …
     name: str
     num_classes: Optional[int] = None
     class_names: Optional[list[str]] = None
@@ -105,7 +106,22 @@ def resize_images(x: torch.Tensor, size: int, quantize: bool = False) -> torch.T
     return from_uint8(to_uint8(x)) if quantize else x.contiguous()
 
 
-def _folder(path: str, split: str, image_size: Optional[int]) -> Dataset:
+def _fashion_mnist(arg: str, split: str, image_size: Optional[int] = None) -> Dataset:
+    x, y = load_fashion_mnist(split, root=arg or None)
+    if image_size is not None:
+        x = resize_images(x, image_size, quantize=True)
+    return Dataset(x, y, "image", f"fashion-mnist{':' + arg if arg else ''}", 10, list(FASHION_MNIST_CLASSES),
+                   discrete_8bit=True)  # fmt: skip
+
+
+def _digits(arg: str, split: str, image_size: Optional[int] = None) -> Dataset:
+    x, y = load_digits(split)
+    if image_size is not None:
+        x = resize_images(x, image_size)
+    return Dataset(x, y, "image", "digits", 10, [str(k) for k in range(10)], discrete_8bit=False)
+
+
+def _folder(path: str, split: str, image_size: Optional[int] = None) -> Dataset:
     root = Path(path)
     if (root / "train").is_dir() and (root / "test").is_dir():
         root = root / split  # a folder with train/ and test/ subfolders is split by them
@@ -119,43 +135,87 @@ def _folder(path: str, split: str, image_size: Optional[int]) -> Dataset:
     return Dataset(x, None, "image", f"folder:{path}", discrete_8bit=bits == 8)
 
 
-def load_dataset(
-    spec: str, split: str = "train", image_size: Optional[int] = None, *,
-    patch_size: Optional[int] = None, patches_per_image: Optional[int] = None,
-) -> Dataset:  # fmt: skip
-    """Load a dataset by spec (see the module table).
+def _patches(prefix: str):
+    def load(arg: str, split: str, image_size: Optional[int] = None, patch_size: Optional[int] = None,
+             patches_per_image: Optional[int] = None) -> Dataset:  # fmt: skip
+        sources = patch_sources(arg) if prefix == "patches" else medical_sources(arg)
+        x, bits = cut_patches(sources, split, patch_size, patches_per_image, image_size)
+        return Dataset(x, None, "image", f"{prefix}{':' + arg if arg else ''}", discrete_8bit=bits == 8)
+
+    return load
+
+
+def _toy(arg: str, split: str) -> Dataset:
+    x, y = load_toy(arg, split)
+    num_classes = None if y is None else int(len(toy_modes(arg)[0]) if arg != "moons" else 2)
+    return Dataset(x, y, "vector", f"toy:{arg}", num_classes)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A family of datasets behind one spec prefix: the form users write, the kind of data it gives
+    (a key of :data:`undiffuse.data.kinds.KINDS`), whether the part after ":" is required / optional /
+    absent, and ``load(arg, split, **options)`` — whose keyword options are the ones it accepts."""
+
+    form: str
+    kind: str
+    load: Callable[..., Dataset]
+    arg: str = "none"  # "none" | "optional" | "required"
+    choices: tuple[str, ...] = ()  # allowed args, if a closed set
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        params = list(inspect.signature(self.load).parameters)[2:]
+        return tuple(params)
+
+
+#: The registry of datasets: a new source (audio, text, tables…) is one entry here.
+SOURCES: dict[str, Source] = {
+    "fashion-mnist": Source("fashion-mnist[:DIR]", "image", _fashion_mnist, "optional"),
+    "digits": Source("digits", "image", _digits),
+    "folder": Source("folder:PATH", "image", _folder, "required"),
+    "patches": Source("patches:PATH", "image", _patches("patches"), "required"),
+    "medical": Source("medical[:NAME]", "image", _patches("medical"), "optional"),
+    "toy": Source("toy:NAME", "vector", _toy, "required", tuple(sorted(TOYS))),
+}
+DATASET_SPECS = tuple(s.form for s in SOURCES.values() if not s.choices) + tuple(
+    f"{p}:{c}" for p, s in SOURCES.items() for c in s.choices)
+
+
+def source_of(spec: str) -> tuple[Source, str]:
+    """The :class:`Source` of a dataset ``spec`` and its argument (DataError naming the valid specs)."""
+    prefix, colon, arg = spec.partition(":")
+    src = SOURCES.get(prefix)
+    ok = src is not None and {"none": not colon, "optional": True, "required": bool(arg)}[src.arg]
+    if not ok or (src.choices and arg not in src.choices):
+        raise DataError(f"unknown dataset {spec!r}; valid: {', '.join(DATASET_SPECS)}")
+    return src, arg
+
+
+def spec_kind(spec: str) -> str:
+    """The kind of data (``"image"``, ``"vector"``, …) that ``spec`` loads, without loading it."""
+    return source_of(spec)[0].kind
+
+
+def load_dataset(spec: str, split: str = "train", image_size: Optional[int] = None, **options: Any) -> Dataset:
+    """Load a dataset by spec (see the module table and :data:`SOURCES`).
 
     ``image_size`` resizes image data (shorter side, then centre crop); None keeps the data's own size
     (for ``folder:``, the shorter side of the first image; patches are never resized). A folder is
     grey if every file is grey, else RGB; other channel counts must agree across files; it is 16-bit
     if any file is (:func:`undiffuse.data.images.folder_layout`); with ``train/`` and ``test/``
-    subfolders those are the splits, else both splits are the whole folder. ``patch_size`` and
-    ``patches_per_image`` (None: ``image_size`` or 32, and 256) apply to ``patches:`` and ``medical`` only
-    (:mod:`undiffuse.data.patches`). Toys ignore ``image_size``.
+    subfolders those are the splits, else both splits are the whole folder. ``options`` (e.g.
+    ``patch_size``, ``patches_per_image`` for ``patches:`` and ``medical``,
+    :mod:`undiffuse.data.patches`) go to the sources that declare them; a set option that the source
+    does not take is refused. Toys ignore ``image_size``.
     """
-    kind, _, arg = spec.partition(":")
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
-    if kind in ("patches", "medical") and (arg or kind == "medical"):
-        sources = patch_sources(arg) if kind == "patches" else medical_sources(arg)
-        x, bits = cut_patches(sources, split, patch_size, patches_per_image, image_size)
-        return Dataset(x, None, "image", spec, discrete_8bit=bits == 8)
-    if patch_size is not None or patches_per_image is not None:
-        raise DataError(f"data.patch_size and data.patches_per_image apply to patches:PATH and medical data, not {spec} — unset them")
-    if kind == "fashion-mnist":
-        x, y = load_fashion_mnist(split, root=arg or None)
-        if image_size is not None:
-            x = resize_images(x, image_size, quantize=True)
-        return Dataset(x, y, "image", spec, 10, list(FASHION_MNIST_CLASSES), discrete_8bit=True)
-    if kind == "digits" and not arg:
-        x, y = load_digits(split)
-        if image_size is not None:
-            x = resize_images(x, image_size)
-        return Dataset(x, y, "image", spec, 10, [str(k) for k in range(10)], discrete_8bit=False)
-    if kind == "folder" and arg:
-        return _folder(arg, split, image_size)
-    if kind == "toy" and arg in TOYS:
-        x, y = load_toy(arg, split)
-        num_classes = None if y is None else int(len(toy_modes(arg)[0]) if arg != "moons" else 2)
-        return Dataset(x, y, "vector", spec, num_classes)
-    raise DataError(f"unknown dataset {spec!r}; valid: {', '.join(DATASET_SPECS)}")
+    src, arg = source_of(spec)
+    given = {k: v for k, v in {"image_size": image_size, **options}.items() if v is not None}
+    foreign = sorted(k for k in given if k not in src.options and k != "image_size")
+    if foreign:
+        takers = [s.form for s in SOURCES.values() if set(foreign) <= set(s.options)] or ["no dataset"]
+        raise DataError(f"{', '.join('data.' + k for k in foreign)} not for {spec} (only for {', '.join(takers)}) "
+                        "— unset it")  # fmt: skip
+    return src.load(arg, split, **{k: v for k, v in given.items() if k in src.options})
