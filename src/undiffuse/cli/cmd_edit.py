@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     import undiffuse.api as api
     from undiffuse import editing
     from undiffuse.errors import UserError
+    from undiffuse.progress import progress
     from undiffuse.schedules.grids import discrete_sigmas
 
     if not args.out.lower().endswith((".png", ".jpg", ".jpeg")):
@@ -141,10 +142,14 @@ def run(args: argparse.Namespace) -> int:
     sigmas = discrete_sigmas(model.schedule, args.steps).to(dev)
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     extra = {"eta": args.eta} if args.sampler == "ddim" else {}
-    with torch.no_grad():
+    strength = 0.6 if args.strength is None else args.strength
+    moves = (2 * (args.steps - 1) if args.invert else len(editing.repaint_moves(args.steps, args.resample, args.jump))
+             if mask is not None else args.steps - editing.sdedit_start(sigmas, strength))  # fmt: skip
+    with torch.no_grad(), progress(total=moves, desc="edit", unit="step") as bar:
+        step = lambda d: bar.update(1)  # noqa: E731
         if args.invert:
-            latent = editing.ddim_invert(den, image, sigmas, cond=cond)
-            out = editing.ddim_reconstruct(den, latent, sigmas, cond=cond)
+            latent = editing.ddim_invert(den, image, sigmas, cond=cond, callback=step)
+            out = editing.ddim_reconstruct(den, latent, sigmas, cond=cond, callback=step)
             err = (out.clamp(-1, 1) - image).float()
             rmse = float(err.pow(2).mean().sqrt())
             psnr = 20 * math.log10(2.0 / rmse) if rmse > 0 else float("inf")
@@ -153,13 +158,13 @@ def run(args: argparse.Namespace) -> int:
         elif mask is not None:
             mask = mask.to(dev)
             out = editing.inpaint(den, image, mask, sigmas, sampler=args.sampler, generator=gen, cond=cond,
-                                  resample=args.resample, jump=args.jump, **extra)  # fmt: skip
+                                  resample=args.resample, jump=args.jump, callback=step, **extra)  # fmt: skip
             frac = float(mask.mean())
             report = (f"inpainted {frac:.0%} of the image ({args.sampler}, {args.steps} steps"
                       f"{f', RePaint resample {args.resample}, jump {args.jump}' if args.resample > 1 else ''})")
         else:
-            strength = 0.6 if args.strength is None else args.strength
-            out = editing.sdedit(den, image, strength, sigmas, sampler=args.sampler, generator=gen, cond=cond, **extra)
+            out = editing.sdedit(den, image, strength, sigmas, sampler=args.sampler, generator=gen, cond=cond,
+                                 callback=step, **extra)  # fmt: skip
             report = f"SDEdit at strength {strength} ({args.sampler}, {args.steps}-step grid)"
     save_image(out.clamp(-1, 1).cpu(), args.out)
     print(f"wrote {args.out}: {report}")
