@@ -193,6 +193,15 @@ def test_sample_progress_on_a_terminal_only(digits_run, tmp_path):
     assert p.returncode == 0 and p.stderr == ""
 
 
+def test_eval_of_a_run_says_what_it_does_on_a_terminal(digits_run, tmp_path, monkeypatch):
+    """Sampling progress in samples/s, the classifier trained (and where it is cached), the FD sample-size warning."""
+    monkeypatch.setenv("UNDIFFUSE_CACHE", str(tmp_path / "cache"))
+    code, out, tty = _on_a_terminal(["eval", digits_run, "--n", "8", "--steps", "3", "--nll-n", "4", "--nll-nt", "2",
+                                     "--out", tmp_path / "rep"])  # fmt: skip
+    assert code == 0 and "sample/s" in tty and "training a classifier on digits" in tty
+    assert "8 samples are too few" in tty and "classifier_fd" in out
+
+
 def test_nll_progress_on_a_terminal(digits_run):
     code, out, tty = _on_a_terminal(["nll", digits_run, "--n", "8", "--n-t", "2", "--batch-size", "4"])
     assert code == 0 and "example/s" in tty and "bits/dim" in out

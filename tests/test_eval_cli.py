@@ -55,7 +55,13 @@ def test_eval_png_folder_of_digits(tmp_path, capsys):
     assert r["classes_covered"] >= 8 and sum(r["class_histogram"]) == 200
     assert r["classifier"]["test_accuracy"] > 0.5
     assert (tmp_path / "cache" / "classifiers").is_dir()  # trained once, cached
-    assert "classifier_fd" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "classifier_fd" in captured.out
+    # said while it happens: the classifier is trained and where it is cached; 200 samples are too few for an FD
+    assert "training a classifier on digits" in captured.err and str(tmp_path / "cache") in captured.err
+    assert "200 samples are too few" in captured.err and "at least 1000" in captured.err
+    assert run_cli("eval", tmp_path / "pngs", "--data", "digits", "--quiet") == 0  # cached: nothing to say
+    assert "training" not in capsys.readouterr().err
 
 
 def _one_line_error(capsys) -> str:
