@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -43,3 +45,25 @@ def one_thread_module():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# a digits run small enough for any test that needs a trained run: 4 steps, checkpoints at steps 2 and 4
+TINY_RUN = ["train.batch_size=16", "train.ckpt_every=2", "train.val_every=0", "train.sample_every=0",
+            "data.limit=128", "train.log_every=2"]  # fmt: skip
+
+
+def tiny_config(*overrides: str):
+    """The digits-tiny preset with :data:`TINY_RUN` and ``overrides`` applied."""
+    from undiffuse.config import apply_overrides, get_preset
+
+    return apply_overrides(get_preset("digits-tiny"), [*TINY_RUN, *overrides])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A trained :func:`tiny_config` run of 4 steps (one per test module; copy it before changing it)."""
+    from undiffuse.training import train
+
+    d = tmp_path_factory.mktemp("tiny") / "run"
+    train(tiny_config(), d, steps=4, progress=False)
+    return d

@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from conftest import tiny_config
+
 import undiffuse
 import undiffuse.runs.checkpoint as ck
-from undiffuse.config import apply_overrides, get_preset
 from undiffuse.errors import CheckpointError, TrainingError, UserError
 from undiffuse.runs import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from undiffuse.training import train
@@ -20,17 +21,12 @@ from undiffuse.training import train
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def tiny(*overrides: str):
-    base = ["train.batch_size=16", "train.ckpt_every=2", "train.val_every=0", "train.sample_every=0",
-            "data.limit=128", "train.log_every=2"]  # fmt: skip
-    return apply_overrides(get_preset("digits-tiny"), [*base, *overrides])
+tiny = tiny_config
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("ck") / "run"
-    train(tiny(), d, steps=4, progress=False)
-    return d
+def run(tiny_run) -> Path:
+    return tiny_run
 
 
 def test_round_trip(run, tmp_path):

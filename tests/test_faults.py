@@ -21,36 +21,30 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import TINY_RUN, tiny_config
+
 import undiffuse
 import undiffuse.runs.diffusion as runs_diffusion
 import undiffuse.training.step as step_mod
 from undiffuse.cli.main import main
-from undiffuse.config import apply_overrides, get_preset
 from undiffuse.errors import CheckpointError, TrainingError, UserError
 from undiffuse.io import is_temp_name, write_json, write_text
 from undiffuse.runs import latest_checkpoint, list_checkpoints
 from undiffuse.training import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-TINY = ["train.batch_size=16", "train.ckpt_every=2", "train.val_every=0", "train.sample_every=0", "data.limit=128",
-        "train.log_every=2", "train.warmup_steps=1"]  # fmt: skip
-CLI_TINY = ["--data", "digits", "--preset", "digits-tiny", "--no-progress", *[a for s in TINY for a in ("--set", s)]]
-
-
-def tiny(*overrides: str):
-    return apply_overrides(get_preset("digits-tiny"), [*TINY, *overrides])
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("faults") / "run"
-    train(tiny(), d, steps=4, progress=False)
-    return d
+CLI_TINY = ["--data", "digits", "--preset", "digits-tiny", "--no-progress", *[a for s in TINY_RUN for a in ("--set", s)]]
+tiny = tiny_config
 
 
 @pytest.fixture
-def copy(run, tmp_path) -> Path:
-    return Path(shutil.copytree(run, tmp_path / "run"))
+def run(tiny_run) -> Path:
+    return tiny_run
+
+
+@pytest.fixture
+def copy(tiny_run, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
 
 
 def cli(capsys, *argv: str) -> tuple[int, str]:
@@ -272,7 +266,7 @@ def test_stale_temp_files_of_a_killed_writer_are_removed_on_start(tmp_path):
             os.kill(os.getpid(), signal.SIGKILL)
 
         plots.atomic_path = killed_mid_plot
-        train(apply_overrides(get_preset("digits-tiny"), {TINY!r}), {str(out)!r}, steps=4, progress=False)
+        train(apply_overrides(get_preset("digits-tiny"), {TINY_RUN!r}), {str(out)!r}, steps=4, progress=False)
     """)
     victim.wait(timeout=300)
     assert victim.returncode == -signal.SIGKILL, victim.stderr.read()
