@@ -384,7 +384,8 @@ def rows_from_distances(d: dict, label: str) -> list[dict]:
 def oracle_quality(device: Union[str, torch.device] = "cpu", *, n: int = 500, tiny: bool = False,
                    with_diffusers: bool = True) -> tuple[list[dict], dict]:  # fmt: skip
     """Quality rows on the exact denoiser D*(x; σ) of the 25-Gaussian mixture (σ = 0.05) under DDPM's
-    linear schedule (T = 1000): no trained network, so the differences are the samplers' alone."""
+    linear schedule (T = 1000): no trained network, so the differences are the samplers' alone. Each
+    sampler runs on its registry default grid (``tiny``: on the trailing and log-SNR grids instead)."""
     from undiffuse.data.toys import toy_modes
     from undiffuse.diffusion.oracles import GaussianMixtureOracle
     from undiffuse.schedules import make_schedule
