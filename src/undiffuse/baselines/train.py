@@ -201,8 +201,7 @@ def train_baseline(
         raise ValueError("give a budget: seconds=..., steps=... or both")
     out = Path(out_dir)
     resuming = resume and latest_checkpoint(out) is not None
-    lock = lock_run(out, new=not resume)
-    try:
+    with lock_run(out, new=not resume):  # a new run that fails before its first checkpoint leaves nothing
         if resuming:
             cfg = open_baseline(out, ())[0]
             ds = load_dataset(cfg.data, "train", cfg.image_size)
@@ -211,12 +210,6 @@ def train_baseline(
             cfg = _resolve_config(kind, data_spec, ds, seed=seed, batch_size=batch_size, lr=lr, model=model,
                                   target_params=target_params, image_size=image_size)  # fmt: skip
         return _fit(cfg, ds.x, out, resuming, device, seconds, steps, log_every, ckpt_every)
-    except BaseException:
-        if latest_checkpoint(out) is None:
-            lock.abandon()  # a new run that failed before its first checkpoint leaves nothing behind
-        raise
-    finally:
-        lock.release()
 
 
 def _fit(cfg: BaselineConfig, x_all: torch.Tensor, out: Path, resuming: bool, device, seconds, steps,

@@ -2,9 +2,9 @@
 
 ::
 
-    with lock_run(run_dir, new=True) as lock:   # refuses at once if another process holds it
-        ...                                      # train; on failure before the first checkpoint:
-        lock.abandon()                           # remove what this start created
+    with lock_run(run_dir, new=True):   # refuses at once if another process holds it
+        ...                              # train; a new run that fails before its first checkpoint
+                                         # leaves nothing behind (what this start created is removed)
 
 The lock file holds the holder's pid, host and command, so a refused second writer names it. The
 kernel drops an ``flock`` when its holder dies (``kill -9`` included), so a stale lock file never
@@ -24,7 +24,7 @@ from typing import Optional, Union
 
 from undiffuse.errors import TrainingError
 from undiffuse.io import remove_stale_temps
-from undiffuse.runs.checkpoint import remove_stale_checkpoint_temps
+from undiffuse.runs.checkpoint import latest_checkpoint, remove_stale_checkpoint_temps
 from undiffuse.runs.rundir import LOCK_NAME, check_new_run_dir
 
 try:
@@ -61,7 +61,9 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and latest_checkpoint(self.run_dir) is None:
+            self.abandon()  # a failed new start: the directory can be used again
         self.release()
 
 

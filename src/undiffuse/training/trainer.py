@@ -18,6 +18,7 @@ A NaN/inf loss stops training before the bad update, keeps the last good checkpo
 from __future__ import annotations
 
 import contextlib
+import contextlib
 import json
 import math
 import os
@@ -90,18 +91,8 @@ def train(
     devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), StopFlag() as stop:
-            lock = _lock(Path(run_dir), resume, ctx)
-            run = None
-            try:
-                run = _Run(cfg, Path(run_dir), steps, resume, ctx, progress, on_step, stop)
-                return run.run()
-            except BaseException:
-                if lock is not None and (run is None or run.last_ckpt is None):
-                    lock.abandon()  # a new run that failed before its first checkpoint leaves nothing behind
-                raise
-            finally:
-                if lock is not None:
-                    lock.release()
+            with _lock(Path(run_dir), resume, ctx) or contextlib.nullcontext():  # rank 0 holds the run's lock
+                return _Run(cfg, Path(run_dir), steps, resume, ctx, progress, on_step, stop).run()
     finally:
         D.teardown(ctx)
 
