@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 import torch
 
-from undiffuse.io import atomic_path
+from undiffuse.io import write_text
 
 __all__ = ["device_name", "format_table", "row", "versions", "write_results"]
 
@@ -123,8 +123,6 @@ def write_results(
     stem = out / f"{date}-{_slug(device)}"
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     text = json.dumps(result, indent=2, default=str) + "\n"
-    with atomic_path(json_path) as tmp:
-        Path(tmp).write_text(text)
-    with atomic_path(md_path) as tmp:
-        Path(tmp).write_text(format_table(result))
+    write_text(json_path, text)
+    write_text(md_path, format_table(result))
     return json_path, md_path

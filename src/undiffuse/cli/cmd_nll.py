@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import undiffuse.api as api
-    from undiffuse.io import atomic_path
+    from undiffuse.io import write_text
     from undiffuse.progress import advance_to, progress
 
     model = api.load(args.run_dir, ema=not args.raw, device=args.device)
@@ -47,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(headline(result))
     if args.json:
-        with atomic_path(args.json) as tmp, open(tmp, "w") as f:
-            f.write(text + "\n")
+        write_text(args.json, text + "\n")
         print(f"wrote the details (per-stratum terms) to {args.json}")
     return 0
 
