@@ -124,6 +124,8 @@ def test_a_second_writer_is_refused_at_once_and_a_dead_holders_lock_does_not_blo
         rc, err = cli(capsys, "train", "--resume", "--out", copy, "--steps", "6", "--no-progress")
         assert rc == 2 and f"process {holder.pid} on {socket.gethostname()}" in err and "in use" in err
         assert time.perf_counter() - t0 < 30  # refused at once, not after loading and building
+        rc, err = cli(capsys, "train", *CLI_TINY, "--out", copy)  # a new run there: the writer is named too
+        assert rc == 2 and f"process {holder.pid}" in err
         with pytest.raises(TrainingError, match=f"process {holder.pid}"):
             train(None, copy, steps=6, resume=True, progress=False)
     finally:

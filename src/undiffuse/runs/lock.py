@@ -83,8 +83,8 @@ def _command() -> str:
     return f"undiffuse {sys.argv[1]}" if entry in ("undiffuse", "main.py") and len(sys.argv) > 1 else "python"
 
 
-def _take(run_dir: Path) -> int:
-    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+def _flock(fd: int, run_dir: Path) -> None:
+    """Take the lock on ``fd`` without waiting; TrainingError naming the holder (``fd`` closed) if taken."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -93,9 +93,22 @@ def _take(run_dir: Path) -> int:
             f"run directory {run_dir} is in use by {lock_holder(run_dir)} — wait for it to finish or stop it "
             "(a second writer would corrupt its checkpoints and log), or choose another --out directory"
         ) from None
+
+
+def _take(run_dir: Path) -> int:
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    _flock(fd, run_dir)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {_command()}\n".encode(), 0)
     return fd
+
+
+def _refuse_if_held(run_dir: Path) -> None:
+    """Name the process writing ``run_dir``, if any, before any other complaint (creates nothing)."""
+    if fcntl is not None and (run_dir / LOCK_NAME).is_file():
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY)
+        _flock(fd, run_dir)
+        os.close(fd)
 
 
 def lock_run(run_dir: Union[str, os.PathLike], *, new: bool) -> RunLock:
@@ -103,6 +116,7 @@ def lock_run(run_dir: Union[str, os.PathLike], *, new: bool) -> RunLock:
     remove stale temporary files. TrainingError, naming the holder, if another process has it."""
     run_dir = Path(run_dir)
     if new:
+        _refuse_if_held(run_dir)
         check_new_run_dir(run_dir)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
