@@ -133,12 +133,28 @@ def test_every_command_has_help_and_quiet(command, capsys):
     assert e.value.code == 0 and "--quiet" in capsys.readouterr().out
 
 
-def test_sampling_commands_default_to_one_thread(digits_run):
-    """The measured default (README: one thread is the fastest per core, and much faster on a busy CPU)."""
+def test_sampling_commands_use_one_thread_per_idle_core():
+    """The measured default (benchmarks/threads.py): never more torch threads than idle cores, at least one."""
+    from undiffuse.cli.common import idle_cores
+
     parser = build_parser()
     for argv in (["sample", "RUN", "--out", "x.png"], ["nll", "RUN"], ["eval", "RUN"]):
-        assert parser.parse_args(argv).threads == 1
+        assert parser.parse_args(argv).threads == "auto"
     assert parser.parse_args(["sample", "RUN", "--out", "x.png", "--threads", "2"]).threads == 2
+    assert parser.parse_args(["bench"]).threads is None  # torch's own default
+    assert idle_cores(cores=2, load=0.1) == 2 and idle_cores(cores=2, load=1.0) == 1 and idle_cores(cores=2, load=5) == 1
+    assert idle_cores(cores=16, load=3.4) == 13 and idle_cores(cores=1, load=0.0) == 1
+
+
+def test_threads_and_quiet_last_only_while_the_command_runs(digits_run, tmp_path):
+    import torch
+
+    import undiffuse.progress
+
+    before = torch.get_num_threads()
+    assert run_cli("sample", digits_run, "--n", "2", "--steps", "2", "--threads", before + 1, "--quiet",
+                   "--out", tmp_path / "x.png") == 0  # fmt: skip
+    assert torch.get_num_threads() == before and not undiffuse.progress._quiet
 
 
 def test_bench_writes_outside_the_tracked_results_by_default():

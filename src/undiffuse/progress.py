@@ -78,12 +78,14 @@ class sampling_progress:  # noqa: N801 — used like a function: ``with sampling
     callback it yields (``api.sample(..., callback=cb)``): each step of a batch of b samples counts b/steps
     samples, so the rate is in samples/s and the ETA is right from the first batch on.
 
-    ``then`` is an optional callback to chain (e.g. a trajectory recorder).
+    ``then`` is an optional callback to chain (e.g. a trajectory recorder); ``show=False`` hides the bar (e.g. on
+    the non-zero ranks of a distributed run).
     """
 
-    def __init__(self, n: int, steps: int, desc: str = "sampling", then: Optional[Callable[[dict], None]] = None):
+    def __init__(self, n: int, steps: int, desc: str = "sampling", then: Optional[Callable[[dict], None]] = None,
+                 show: bool = True):  # fmt: skip
         self.steps, self.then = max(1, int(steps)), then
-        self.bar = progress(total=n * self.steps, desc=desc, unit="sample", unit_scale=1 / self.steps,
+        self.bar = progress(total=n * self.steps, desc=desc, unit="sample", unit_scale=1 / self.steps, show=show,
                             bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}, {rate_fmt}]")  # fmt: skip
 
     def __call__(self, d: dict) -> None:

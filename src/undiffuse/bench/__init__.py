@@ -34,7 +34,7 @@ from undiffuse.bench.throughput import (
 )
 from undiffuse.speed import TrainOptions, bf16_supported, default_sample_options, default_train_options
 
-__all__ = ["add_quality", "format_table", "run_bench"]
+__all__ = ["add_quality", "format_table", "run_bench", "torch_threads"]
 
 #: network preset and batch sizes per mode: (tiny test, quick CPU, full CPU, CUDA)
 CASES = {
@@ -230,7 +230,7 @@ def run_bench(
     Eager measurements run first and compiled / CUDA-graph ones last; a measurement that fails becomes
     a row with unit "failed" and the error, and the JSON is rewritten after every measurement.
     """
-    with _torch_threads(threads):
+    with torch_threads(threads):
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         diff = _has_diffusers()
         mode = "cuda" if dev.type == "cuda" else ("quick" if quick else "full")
@@ -294,7 +294,7 @@ def run_bench(
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: Optional[int]) -> Iterator[None]:
+def torch_threads(threads: Optional[int]) -> Iterator[None]:
     """torch's intra-op thread count set to ``threads`` (None: unchanged) for the duration."""
     before = torch.get_num_threads()
     if threads is not None:

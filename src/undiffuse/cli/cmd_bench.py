@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
                    "(classifier FD of the best samplers at 10/20 NFE and of 1000-step DDPM; default 100 with --quick, "
                    "else 500; 0 skips)")  # fmt: skip
     p.add_argument("--repeats", type=positive_int, default=None, help="timed repeats (default 5, the protocol)")
-    add_threads(p, default=None)
+    add_threads(p, auto=False)
     p.add_argument("--no-compile", action="store_true", help="best paths without torch.compile")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory rows")
     p.add_argument("--no-oracle", action="store_true", help="skip the quality rows on the 25-Gaussian oracle")
@@ -63,7 +63,8 @@ def parse_runs(items: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from undiffuse.bench import run_bench
 
+    # --threads is set for the whole process by cli.common.apply_common
     run_bench(quick=args.quick, device=args.device, out_dir=args.out, run_dirs=parse_runs(args.run) or None,
-              fd_samples=args.fd_samples, repeats=args.repeats, memory=not args.no_memory, oracle=not args.no_oracle, threads=args.threads,
+              fd_samples=args.fd_samples, repeats=args.repeats, memory=not args.no_memory, oracle=not args.no_oracle,
               compile_best=not args.no_compile)  # fmt: skip
     return 0

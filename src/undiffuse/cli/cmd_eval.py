@@ -156,7 +156,7 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace):
             warn_few_samples(args.n, model[1].data_kind if baseline else model.data.kind, args.fid)
         indices = list(range(ctx.rank, args.n, ctx.world_size))
         steps = 1 if baseline else args.steps
-        with sampling_progress(len(indices), steps, desc="sampling") as cb:
+        with sampling_progress(len(indices), steps, desc="sampling", show=ctx.is_main) as cb:
             x, info = sample_run(run_dir, indices, args.seed, sampler=args.sampler, steps=args.steps, model=model,
                                  callback=cb)  # fmt: skip
         if ctx.distributed:

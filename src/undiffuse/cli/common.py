@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional, Union
 
 
 def positive_int(text: str) -> int:
@@ -43,24 +44,58 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
                         help="no progress bars or status notes on stderr (bars show only on a terminal anyway)")
 
 
-#: torch threads for CPU sampling of the CLI's small networks: measured in benchmarks/threads.py (README, "Speed")
-SAMPLING_THREADS = 1
+AUTO = "auto"
 
 
-def add_threads(parser: argparse.ArgumentParser, default: Optional[int] = SAMPLING_THREADS) -> None:
-    """``--threads N``: torch's CPU threads for the command (None: torch's own default)."""
-    shown = "torch's default, one per core" if default is None else f"{default}: the fastest per core on a shared or busy CPU, see README"
-    parser.add_argument("--threads", type=positive_int, default=default,
-                        help=f"torch CPU threads (default {shown}); more helps only on an idle machine with free cores")
+def threads_arg(text: str) -> Union[int, str]:
+    """argparse type: ``auto`` or an integer > 0."""
+    return AUTO if text == AUTO else positive_int(text)
 
 
-def apply_common(args: argparse.Namespace) -> None:
-    """Process-wide settings of the options above, before the command runs."""
+def add_threads(parser: argparse.ArgumentParser, auto: bool = True) -> None:
+    """``--threads N|auto``: torch's CPU threads for the command; default ``auto`` (:func:`idle_cores`), or
+    torch's own default (one per core) when ``auto`` is False."""
+    if auto:
+        text = ("default auto: one per idle core — the cores minus the 1-minute load average, at least 1. More threads "
+                "than free cores make CPU sampling slower, not faster (README, 'Threads')")  # fmt: skip
+    else:
+        text = "default: torch's, one per core; 1 gives steadier timings on a CPU shared with other jobs"
+    parser.add_argument("--threads", type=threads_arg, default=AUTO if auto else None, metavar="N|auto",
+                        help=f"torch CPU threads ({text})")
+
+
+def idle_cores(cores: Optional[int] = None, load: Optional[float] = None) -> int:
+    """Threads for CPU work that shares the machine: the cores torch would use minus the busy ones (the
+    1-minute load average, rounded), at least 1. Why (benchmarks/results/threads.json, README "Threads"): with
+    more threads than free cores, OpenMP threads spin waiting for each other, so CPU sampling gets slower and
+    costs more CPU time, while on an idle machine every core helps."""
+    import os
+
+    import torch
+
+    cores = torch.get_num_threads() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average on this platform: use every core
+            load = 0.0
+    return max(1, min(cores, cores - round(load)))
+
+
+@contextlib.contextmanager
+def common_settings(args: argparse.Namespace) -> Iterator[None]:
+    """The options above in force while a command runs (``--quiet``, ``--threads``), as they were afterwards."""
     from undiffuse.progress import set_quiet
 
     set_quiet(getattr(args, "quiet", False))
     threads = getattr(args, "threads", None)
-    if threads is not None:
-        import torch
+    try:
+        if threads is None:
+            yield
+        else:
+            from undiffuse.bench import torch_threads
 
-        torch.set_num_threads(threads)
+            with torch_threads(idle_cores() if threads == AUTO else threads):
+                yield
+    finally:
+        set_quiet(False)

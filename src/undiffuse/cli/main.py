@@ -14,7 +14,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-from undiffuse.cli.common import add_quiet, apply_common
+from undiffuse.cli.common import add_quiet, common_settings
 
 COMMANDS = ("train", "sample", "nll", "noise", "schedule", "eval", "bench", "edit", "study")
 
@@ -56,8 +56,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        apply_common(args)
-        return int(args.func(args) or 0)
+        with common_settings(args):
+            return int(args.func(args) or 0)
     except _user_errors() as err:
         print(f"undiffuse: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
