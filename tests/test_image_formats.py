@@ -267,3 +267,20 @@ def test_cli_trains_on_4_channel_patches_and_writes_them(tmp_path):
     assert Image.open(tmp_path / "g.png").mode == "RGB"  # the grid shows the first three
     assert main(["sample", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "d") + "/"]) == 0
     assert {Image.open(f).mode for f in (tmp_path / "d").iterdir()} == {"RGB"}  # not RGBA from 4 channels
+
+
+def test_single_16bit_inputs_of_edit_noise_and_lowres_keep_their_range(tmp_path):
+    """edit's input image, noise's image and a super-resolution low-res input go through read_image:
+    levels 256 and 257 (equal after an 8-bit conversion) stay apart, and the file's own size is reported."""
+    from undiffuse.cli.cmd_edit import load_input
+    from undiffuse.data.images import read_image
+
+    u = np.full((8, 12), 256, np.uint16)
+    u[:, 6:] = 257
+    Image.fromarray(u).save(tmp_path / "g16.png")
+    x, own = read_image(tmp_path / "g16.png")
+    assert own == (12, 8) and x.shape == (1, 1, 8, 12)
+    assert torch.allclose(x[0, 0, 0, :2], torch.tensor([256 / 32767.5 - 1] * 2))
+    assert x[0, 0, 0, 7] - x[0, 0, 0, 0] == pytest.approx(1 / 32767.5, rel=1e-3)
+    x_edit, size = load_input(str(tmp_path / "g16.png"), (1, 8, 8))  # resized + cropped to the model's 8×8
+    assert size == (12, 8) and x_edit.shape == (1, 1, 8, 8) and len(torch.unique(x_edit)) > 1

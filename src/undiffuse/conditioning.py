@@ -24,7 +24,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 from undiffuse.errors import ConfigError, UserError
@@ -162,11 +161,9 @@ def _load_lowres(model: "Model", lowres: Any, n: int) -> torch.Tensor:
     s = model.config.model.sr_from
     c, h, _ = model.data.shape
     if isinstance(lowres, (str, os.PathLike)):
-        from undiffuse.data import from_uint8
-        from undiffuse.data.images import open_image
+        from undiffuse.data.images import read_image
 
-        img = open_image(Path(lowres), "L" if c == 1 else "RGB")
-        lowres = from_uint8(np.array(img)[None])
+        lowres = read_image(lowres, c)[0]  # full bit depth
     x = torch.as_tensor(lowres, dtype=torch.float32)
     if x.ndim == 3:
         x = x[None]

@@ -53,18 +53,16 @@ def _read(path: str, mode: str):
 
 
 def load_input(path: str, shape) -> tuple:
-    """(image [1, C, H, W] in [-1, 1] at the model's size, the file's own (width, height))."""
-    import numpy as np
+    """(image [1, C, H, W] in [-1, 1] at the model's size and full bit depth, the file's own (width, height))."""
+    from pathlib import Path
 
-    from undiffuse.data import from_uint8
-    from undiffuse.data.images import resize_crop
+    from undiffuse.data.images import read_image
+    from undiffuse.errors import UserError
 
-    c, h, w = shape
-    img = _read(path, "L" if c == 1 else "RGB")
-    size = img.size
-    if size != (w, h):
-        img = resize_crop(img, h)
-    return from_uint8(np.array(img)[None]), size
+    c, h, _ = shape
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such image — check the path")
+    return read_image(path, c, h)
 
 
 def load_mask(path: str, image_size: tuple, shape):

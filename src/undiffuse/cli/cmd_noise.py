@@ -6,7 +6,6 @@ import argparse
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from undiffuse.cli.common import int_list, nonneg_int
@@ -53,7 +52,7 @@ def upscale(x: torch.Tensor, min_px: int) -> torch.Tensor:
 
 def run(args: argparse.Namespace) -> int:
     from undiffuse.data import DataError
-    from undiffuse.data.images import GREY_MODES, from_uint8, open_image, resize_crop, save_image_grid
+    from undiffuse.data.images import read_image, save_image_grid
     from undiffuse.schedules import make_schedule
 
     path = Path(args.image)
@@ -62,12 +61,7 @@ def run(args: argparse.Namespace) -> int:
     bad = [t for t in args.t if t < 0 or t > args.T]
     if bad:
         raise DataError(f"--t {bad}: steps must lie in 0..T={args.T} — choose steps in that range")
-    grey = open_image(path).mode in GREY_MODES
-    img = open_image(path, "L" if grey else "RGB")
-    if args.size:
-        img = resize_crop(img, args.size)
-    arr = np.array(img)
-    x0 = from_uint8(torch.from_numpy(arr.reshape(*arr.shape[:2], -1))[None])[0]
+    x0 = read_image(path, None, args.size)[0][0]  # [C, H, W] at the file's bit depth
     strip = forward_process_strip(x0, args.t, make_schedule(args.schedule, args.T), args.seed)
     save_image_grid(upscale(strip.clamp(-1, 1), args.min_px), args.out, nrow=len(args.t))
     print(f"wrote {args.out} (t = {', '.join(map(str, args.t))})")

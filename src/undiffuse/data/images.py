@@ -52,6 +52,7 @@ __all__ = [
     "list_images",
     "load_digits",
     "load_fashion_mnist",
+    "read_image",
     "load_folder",
     "make_grid",
     "open_image",
@@ -271,6 +272,18 @@ def read_folder(path: Union[str, os.PathLike], size: int, channels: Optional[int
     for i, f in enumerate(files):
         out[i] = promote(fit_pixels(read_pixels(f, channels), size), bits)
     return from_levels(out, bits), bits
+
+
+def read_image(path: Union[str, os.PathLike], channels: Optional[int] = None,
+               size: Optional[int] = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One image file at its full bit depth (8- or 16-bit levels, any format of :func:`read_folder`) as
+    float32 [1, C, H, W] in [-1, 1], optionally converted to ``channels`` and resized + centre-cropped to
+    ``size`` (:func:`fit_pixels`), and the file's own (width, height)."""
+    a = read_pixels(Path(path), channels)
+    own = (a.shape[1], a.shape[0])
+    if size is not None:
+        a = fit_pixels(a, size)
+    return from_levels(a[None], 16 if a.dtype == np.uint16 else 8), own
 
 
 def load_folder(path: Union[str, os.PathLike], size: int, channels: Optional[int] = None) -> torch.Tensor:
