@@ -44,10 +44,14 @@ def generator(seed: int, device: Device = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
-def sample_generators(seed: int, indices: Sequence[int], device: Device = "cpu",
+def sample_generators(seed: Union[int, Sequence[int]], indices: Sequence[int], device: Device = "cpu",
                       stream: str = "sample") -> list[torch.Generator]:  # fmt: skip
-    """One generator per sample index i, seeded from (seed, ``stream``, i)."""
-    return [generator(derive_seed(seed, stream, int(i)), device) for i in indices]
+    """One generator per sample index i, seeded from (seed, ``stream``, i); ``seed`` may also give one seed
+    per index (rows of several requests sharing a batch: row k is then keyed to (seed[k], indices[k]))."""
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(indices)
+    if len(seeds) != len(indices):
+        raise ValueError(f"{len(seeds)} seeds for {len(indices)} indices — give one seed, or one per index")
+    return [generator(derive_seed(s, stream, int(i)), device) for s, i in zip(seeds, indices)]
 
 
 def randn_from(gens: Sequence[torch.Generator], shape: Sequence[int], device: Device = "cpu") -> torch.Tensor:

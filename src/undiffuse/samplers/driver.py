@@ -62,8 +62,8 @@ def registry_batch(
 
 @torch.no_grad()
 def drive(
-    run_batch: BatchFn, shape: Sequence[int], indices: Union[int, Sequence[int]], *, seed: int,
-    sigma_max: Union[float, torch.Tensor], device: Union[str, torch.device] = "cpu", batch_size: int = 256,
+    run_batch: BatchFn, shape: Sequence[int], indices: Union[int, Sequence[int]], *,
+    seed: Union[int, Sequence[int]], sigma_max: Union[float, torch.Tensor], device: Union[str, torch.device] = "cpu", batch_size: int = 256,
     cond: Optional[dict] = None, write: Optional[Writer] = None, counted: Optional[Counted] = None,
     on_batch: Optional[Callable[[int, int], None]] = None,
 ) -> Driven:  # fmt: skip
@@ -73,7 +73,9 @@ def drive(
     (n itself at σ_max = ∞), the condition rows of the batch's positions, then ``run_batch``.
     Each batch goes to ``write(start, x)`` when given (nothing is kept: streaming), else the batches
     are concatenated (float32, CPU). ``on_batch(done, total)`` reports progress after each batch.
-    ``counted`` (from :func:`registry_batch`) supplies the NFE count.
+    ``counted`` (from :func:`registry_batch`) supplies the NFE count. ``seed`` may be one seed per index:
+    row k is then keyed to (seed[k], indices[k]), so requests with different seeds share network calls
+    (the server's dynamic batching) and each row is still exactly what it is alone.
     """
     idx = list(range(indices)) if isinstance(indices, int) else [int(i) for i in indices]
     if batch_size < 1:
@@ -81,7 +83,8 @@ def drive(
     out, nfe = [], 0
     for start in range(0, len(idx), batch_size):
         stop = min(len(idx), start + batch_size)
-        gens = sample_generators(seed, idx[start:stop], device)
+        seeds = seed[start:stop] if isinstance(seed, (list, tuple)) else seed  # one seed, or one per index
+        gens = sample_generators(seeds, idx[start:stop], device)
         x = starting_noise(gens, shape, sigma_max, device)
         x = run_batch(x, gens, slice_cond(cond, start, stop), start)
         nfe = max(nfe, counted.nfe if counted is not None else 0)
