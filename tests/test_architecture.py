@@ -22,7 +22,7 @@ FLOORS: list[set[str]] = [
     {"runs", "model", "sampling", "conditioning", "editing", "adapters"},  # a run and a trained model
     {"training", "baselines", "evaluation", "speed"},  # what uses models
     {"bench", "study"},  # measurements
-    {"api", "cli", "__init__"},  # the front ends
+    {"api", "cli", "__init__", "serve"},  # the front ends (serve: the HTTP API and page)
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
 

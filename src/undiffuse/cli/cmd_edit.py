@@ -68,13 +68,18 @@ def load_input(path: str, shape) -> tuple:
 def load_mask(path: str, image_size: tuple, shape):
     """Mask [1, 1, H, W] with 1 = generate (white), 0 = keep (black); it must have the input image's size
     or the model's."""
+    return mask_from_image(_read(path, "L"), image_size, shape, path)
+
+
+def mask_from_image(img, image_size: tuple, shape, name: str = "mask"):
+    """:func:`load_mask` of a grey PIL image already in memory (the server's uploads)."""
     import numpy as np
     import torch
 
     from undiffuse.errors import UserError
 
     _, h, w = shape
-    img = _read(path, "L")
+    path = name
     if img.size not in (image_size, (w, h)):
         raise UserError(f"mask {path} is {img.size[0]}×{img.size[1]} but the image is {image_size[0]}×{image_size[1]} "
                         f"(model {w}×{h}) — give a mask of the image's size")  # fmt: skip

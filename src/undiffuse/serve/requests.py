@@ -1,0 +1,153 @@
+"""Request bodies (documented in the OpenAPI schema) and their checks: a body becomes a
+:class:`~undiffuse.serve.work.SampleWork` or :class:`~undiffuse.serve.work.EditWork`, or a one-line 4xx
+:class:`~undiffuse.serve.limits.ServeError` before anything is queued. Uploads are decoded in memory."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from undiffuse.conditioning import conditioning
+from undiffuse.errors import UserError
+from undiffuse.samplers import registry
+from undiffuse.serve.catalog import EDITABLE, Catalog
+from undiffuse.serve.limits import Limits, ServeError, TooLarge
+from undiffuse.serve.outputs import check_format
+from undiffuse.serve.work import EditWork, SampleWork
+
+__all__ = ["SampleBody", "EditFields", "sample_work", "edit_work", "decode_image"]
+
+
+class SampleBody(BaseModel):
+    """``POST /api/sample``: the arguments of ``undiffuse sample`` (the answer is the file itself)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model: str = Field(description="a name of GET /api/models")
+    n: int = Field(16, description="number of samples (at most the server's max_n)")
+    seed: int = Field(0, description="sample i depends only on (seed, i)")
+    sampler: str = Field("ddim", description="a sampler of GET /api/models")
+    steps: int = Field(50, description="sampler steps")
+    eta: Optional[float] = Field(None, description="η in [0, 1] for ddim and euler_ancestral")
+    guidance: Optional[float] = Field(None, description="classifier-free guidance scale w (conditional runs)")
+    class_label: Optional[int] = Field(None, alias="class", description="class label (class-conditional runs)")
+    prompt: Optional[str] = Field(None, max_length=500, description="text prompt (text-conditional runs)")
+    spacing: Optional[str] = Field(None, description="σ grid (default: the sampler's own)")
+    format: str = Field("png", description="png (grid or scatter plot), npy, … (the model's formats)")
+
+
+class EditFields(BaseModel):
+    """``POST /api/edit`` form fields beside the ``image`` (and optional ``mask``) uploads: the arguments
+    of ``undiffuse edit`` (inpainting with a mask — white = generate — else SDEdit at ``strength``)."""
+
+    model: str
+    strength: Optional[float] = None
+    seed: int = 0
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    resample: int = 1
+    jump: int = 1
+    guidance: Optional[float] = None
+    class_label: Optional[int] = None
+    prompt: Optional[str] = None
+
+
+def _check_common(model, sampler: str, steps: int, limits: Limits) -> None:
+    if sampler not in registry.SPECS:
+        raise ServeError(f"unknown sampler {sampler[:40]!r} — choose one of {', '.join(registry.SPECS)}")
+    most = min(limits.max_steps, model.schedule.T)
+    if not 1 <= steps <= most:
+        raise ServeError(f"steps {steps} is out of range — use 1 to {most} for this model")
+
+
+def _check_eta(eta: Optional[float], sampler: str) -> None:
+    if eta is not None and not (math.isfinite(eta) and 0 <= eta <= 1):
+        raise ServeError(f"eta {eta} must lie in [0, 1]")
+    registry.resolve_options(sampler, eta=eta)  # ConfigError (400) for a sampler without η
+
+
+def sample_work(body: SampleBody, catalog: Catalog, limits: Limits) -> tuple[SampleWork, str]:
+    """The checked work of a sample request and its response format (ServeError/UserError → 4xx)."""
+    model = catalog.model(body.model)
+    if not 1 <= body.n <= limits.max_n:
+        raise ServeError(f"n {body.n} is out of range — ask for 1 to {limits.max_n} samples per request")
+    _check_common(model, body.sampler, body.steps, limits)
+    _check_eta(body.eta, body.sampler)
+    fmt = check_format(body.format, model.data.kind)
+    kw = conditioning(model, body.n, body.class_label, body.prompt, body.guidance)
+    if not kw and (body.class_label is not None or body.prompt is not None):
+        raise ServeError("this run is unconditional — drop class/prompt")
+    work = SampleWork(model, body.model, body.n, body.seed, body.sampler, body.steps, body.eta, body.spacing, kw,
+                      limits.previews)  # fmt: skip
+    if body.spacing is not None:
+        from undiffuse.sampling import sigmas_for
+
+        sigmas_for(model, body.sampler, body.steps, body.spacing)  # an unknown grid is refused here
+    return work, fmt
+
+
+def decode_image(data: bytes, what: str, mode: str, limits: Limits):
+    """A PIL image in ``mode`` from uploaded bytes: PNG or JPEG, at most ``limits.max_pixels`` (read from the
+    header before any decoding), else a 4xx naming the upload."""
+    from PIL import Image
+
+    if not data:
+        raise ServeError(f"the {what} upload is empty — attach a PNG or JPEG file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format not in ("PNG", "JPEG"):
+            raise ServeError(f"the {what} upload is {img.format or 'not an image'} — attach a PNG or JPEG file")
+        if img.width * img.height > limits.max_pixels:
+            raise TooLarge(f"the {what} upload is {img.width}×{img.height} pixels — send at most {limits.max_pixels:,}")
+        return img.convert(mode)
+    except ServeError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ServeError(f"the {what} upload is not a readable image ({type(e).__name__}) — attach a PNG or JPEG file") from None
+
+
+def _as_input(img, shape) -> tuple:
+    """The model's input [1, C, H, W] in [-1, 1] (resized and centre-cropped as `undiffuse edit` does) and
+    the upload's own (width, height)."""
+    from undiffuse.data.images import fit_pixels, from_levels
+
+    a = np.asarray(img)
+    a = a[..., None] if a.ndim == 2 else a
+    return from_levels(fit_pixels(a, shape[1])[None], 8), img.size
+
+
+def _check_edit(f: EditFields, has_mask: bool) -> None:
+    if has_mask and f.strength is not None:
+        raise ServeError("strength is for SDEdit (no mask); inpainting regenerates the white region — drop one")
+    if f.strength is not None and not (math.isfinite(f.strength) and 0 <= f.strength <= 1):
+        raise ServeError(f"strength {f.strength} must lie in [0, 1]")
+    if (f.resample > 1 or f.jump > 1) and not has_mask:
+        raise ServeError("resample/jump are RePaint options — they need a mask")
+    if f.resample < 1 or f.jump < 1 or f.resample * f.steps > 4 * 1000:
+        raise ServeError(f"resample {f.resample} and jump {f.jump} must be ≥ 1 (and resample × steps ≤ 4000)")
+
+
+def edit_work(f: EditFields, image: bytes, mask: Optional[bytes], catalog: Catalog, limits: Limits) -> EditWork:
+    """The checked work of an edit request (uploads decoded in memory and size-checked)."""
+    from undiffuse.cli.cmd_edit import mask_from_image
+
+    model = catalog.model(f.model)
+    if model.data.kind not in EDITABLE or getattr(model.config.model, "sr_from", None):
+        raise ServeError(f"model {f.model!r} models {model.data.kind} data — editing needs an image model")
+    _check_common(model, f.sampler, f.steps, limits)
+    _check_eta(f.eta, "ddim")
+    _check_edit(f, mask is not None)
+    c = model.data.shape[0]
+    x, size = _as_input(decode_image(image, "image", "L" if c == 1 else "RGB", limits), model.data.shape)
+    m = mask_from_image(decode_image(mask, "mask", "L", limits), size, model.data.shape, "upload") if mask is not None else None
+    given = f.class_label is not None or f.prompt is not None or f.guidance is not None
+    try:
+        kw = conditioning(model, 1, f.class_label, f.prompt, f.guidance) if given else {}
+    except UserError as e:
+        raise ServeError(str(e)) from None
+    strength = 0.6 if f.strength is None else f.strength
+    return EditWork(model, x, m, strength, f.seed, f.sampler, f.steps, f.eta, f.resample, f.jump, kw, limits.previews)
