@@ -49,7 +49,8 @@ class DataInfo:
     def from_dataset(cls, ds: Any) -> "DataInfo":
         """From an :class:`undiffuse.data.Dataset`."""
         names = tuple(ds.class_names) if getattr(ds, "class_names", None) else None
-        return cls(ds.name, ds.kind, tuple(int(s) for s in ds.shape), ds.num_classes, names, bool(ds.discrete_8bit))
+        return cls(ds.name, ds.kind, tuple(int(s) for s in ds.shape), ds.num_classes, names, bool(ds.discrete_8bit),
+                   dict(getattr(ds, "extra", None) or {}))
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -103,7 +104,7 @@ def build_network(cfg: ModelConfig, info: DataInfo, learned_variance: bool = Fal
 
     arch = resolve_arch(cfg, info)
     num_classes = info.num_classes if cfg.class_cond else None
-    if cfg.class_cond and not num_classes:
+    if cfg.class_cond and not num_classes and info.kind != "table":  # a table is class-conditional on a categorical target
         raise ConfigError(f"model.class_cond needs labelled data, and {info.name} has none — set model.class_cond=false")
     if cfg.text_cond and not info.num_classes:
         raise ConfigError(f"model.text_cond captions labelled data, and {info.name} has none — set model.text_cond=false")
@@ -126,8 +127,22 @@ def build_denoiser(cfg: RunConfig, info: DataInfo, schedule: Optional[Schedule] 
     d = cfg.diffusion
     schedule = schedule if schedule is not None else build_schedule(d)
     net = build_network(cfg.model, info, d.learned_variance)
+    if info.kind == "table":  # the "mixed" process: Gaussian numbers + multinomial categories (TabDDPM)
+        return _mixed(net, d, info, schedule)
     try:
         return Precond(net, d.parameterization, schedule, d.learned_variance, d.sigma_data)
+    except ValueError as e:
+        raise ConfigError(f"{e} — change diffusion.parameterization or diffusion.schedule") from e
+
+
+def _mixed(net: nn.Module, d: DiffusionConfig, info: DataInfo, schedule: Schedule) -> Precond:
+    from undiffuse.data.tables import categories
+    from undiffuse.diffusion.mixed import MixedPrecond
+
+    if d.learned_variance:
+        raise ConfigError("tables are sampled with the multinomial sampler, which has no learned variance — set diffusion.learned_variance=false")
+    try:
+        return MixedPrecond(net, categories(info.extra["table"]), d.parameterization, schedule, d.sigma_data)
     except ValueError as e:
         raise ConfigError(f"{e} — change diffusion.parameterization or diffusion.schedule") from e
 
@@ -148,5 +163,9 @@ def architecture_signature(cfg: RunConfig, info: DataInfo) -> str:
             relevant["model"].pop(k, None)
     if arch == "mlp":  # UNet-only fields do not change an MLP
         relevant["model"] = {k: relevant["model"][k] for k in ("hidden", "depth", "emb_dim", "class_cond")}
+    if info.kind == "table":  # the one-hot block sizes fix which outputs are logits
+        from undiffuse.data.tables import categories
+
+        relevant["categories"] = list(categories(info.extra["table"]))
     blob = json.dumps(relevant, sort_keys=True, default=list).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

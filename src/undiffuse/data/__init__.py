@@ -10,6 +10,7 @@
 | ``patches:PATH`` | ``data.patches_per_image`` fixed patches of ``data.patch_size`` px per image (a file or a folder); test = a centred strip of each image | – | if all 8-bit |
 | ``medical`` / ``medical:NAME`` | patches of scikit-image's bundled retina.jpg, ihc.png, microaneurysms.png (NAME: retina, ihc, microaneurysms) | – | yes |
 | ``toy:NAME`` | 2-D toy, NAME in 25gaussians, 8gaussians, moons, swissroll | mixtures: K | – |
+| ``table:NAME`` / ``table:PATH.csv`` | rows of scikit-learn's breast-cancer, diabetes, wine or a CSV (:mod:`undiffuse.data.tablefiles`) | a categorical ``data.target`` | – |
 
 Nothing is downloaded. ``discrete_8bit`` says the values lie on the 256-level grid u/127.5 − 1, which
 the discretized decoder of Ho et al. (2020) and bits/dim assume; the digits have 17 levels, so False.
@@ -18,7 +19,7 @@ the discretized decoder of Ho et al. (2020) and bits/dim assume; the digits have
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
@@ -82,6 +83,7 @@ class Dataset:
     num_classes: Optional[int] = None
     class_names: Optional[list[str]] = None
     discrete_8bit: bool = False
+    extra: dict = field(default_factory=dict)  # what a kind keeps beside the tensors (a table's schema)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -145,6 +147,12 @@ def _patches(prefix: str):
     return load
 
 
+def _table(arg: str, split: str, target: Optional[str] = None, categorical: Optional[tuple] = None) -> Dataset:
+    from undiffuse.data.tablefiles import load_table
+
+    return load_table(arg, split, target, categorical)
+
+
 def _toy(arg: str, split: str) -> Dataset:
     x, y = load_toy(arg, split)
     num_classes = None if y is None else int(len(toy_modes(arg)[0]) if arg != "moons" else 2)
@@ -177,6 +185,7 @@ SOURCES: dict[str, Source] = {
     "patches": Source("patches:PATH", "image", _patches("patches"), "required"),
     "medical": Source("medical[:NAME]", "image", _patches("medical"), "optional"),
     "toy": Source("toy:NAME", "vector", _toy, "required", tuple(sorted(TOYS))),
+    "table": Source("table:breast-cancer|diabetes|wine|PATH.csv", "table", _table, "required"),
 }
 DATASET_SPECS = tuple(s.form for s in SOURCES.values() if not s.choices) + tuple(
     f"{p}:{c}" for p, s in SOURCES.items() for c in s.choices)

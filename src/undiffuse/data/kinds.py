@@ -34,8 +34,9 @@ PathLike = Union[str, os.PathLike]
 Writer = Callable[..., Path]
 
 #: Forward-process families: "gaussian" (x = x0 + σ·n, every sampler of undiffuse.samplers) and
-#: "masked" (absorbing-state discrete diffusion for tokens; reserved for text).
-PROCESSES = ("gaussian", "masked")
+#: "masked" (absorbing-state discrete diffusion for tokens; reserved for text) and "mixed" (Gaussian on the
+#: numeric coordinates, multinomial on one-hot blocks: tables, TabDDPM; undiffuse.diffusion.mixed).
+PROCESSES = ("gaussian", "masked", "mixed")
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,13 @@ def _vector_scatter(x: torch.Tensor, path: Path, info: Any, reference: Optional[
     return scatter_plot(x, path, reference, title=f"{len(x)} samples of {info.name}")
 
 
+def _table_csv(x: torch.Tensor, path: Path, info: Any, **kw: Any) -> Path:
+    """The rows as a CSV with the training table's columns, order and types."""
+    from undiffuse.data.tablefiles import write_csv
+
+    return write_csv(x, path, info, **kw)
+
+
 _GRID = {".png": _image_grid, ".jpg": _image_grid, ".jpeg": _image_grid}
 
 #: The registry of kinds. A new kind of data is one entry here (plus its datasets and, if new, network).
@@ -122,6 +130,8 @@ KINDS: dict[str, DataKind] = {
     "vector": DataKind("vector", "mlp", "toy",
                        {".png": _vector_scatter, ".jpg": _vector_scatter, ".npy": _vector_npy},
                        ("modes", "precision_recall", "nll"), describe="[D] in data units"),  # fmt: skip
+    "table": DataKind("table", "mlp", "table", {".csv": _table_csv}, ("columns", "efficacy", "privacy", "detection"),
+                      process="mixed", describe="[W]: quantile-normal numbers, one-hot categories"),  # fmt: skip
 }
 
 

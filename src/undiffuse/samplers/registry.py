@@ -9,6 +9,7 @@
 | ``heun`` | Karras et al. 2022 Alg. 2, optional churn; Euler on steps with σ_i/σ_{i+1} > 10 | 2N − 1 (fewer with such steps) | if S_churn > 0 |
 | ``dpmpp_2m`` / ``dpmpp_3m`` | Lu et al. 2022 (DPM-Solver++) multistep | N | no |
 | ``unipc`` | Zhao et al. 2023 UniP-2 + UniC, B(h) = expm1(h) | N | no |
+| ``multinomial`` | DDPM on numbers + multinomial diffusion on one-hot blocks (TabDDPM; tables) | N | yes |
 
 Every sampler takes any ε / x_0 / v / EDM model through the denoiser interface D(x; σ) → x̂_0.
 Only ``ddpm`` can use a learned variance Σ_θ (Nichol & Dhariwal 2021): the σ-space samplers step
@@ -30,6 +31,7 @@ from undiffuse.samplers.common import Generators
 from undiffuse.samplers.ddpm import sample_ddim, sample_ddpm
 from undiffuse.samplers.dpmsolver import sample_dpmpp_2m, sample_dpmpp_3m
 from undiffuse.samplers.heun import MAX_RATIO, corrected_steps, sample_heun
+from undiffuse.samplers.mixed import sample_multinomial
 from undiffuse.samplers.unipc import sample_unipc
 
 __all__ = [
@@ -99,6 +101,8 @@ SPECS: dict[str, SamplerSpec] = {
     "dpmpp_2m": SamplerSpec(sample_dpmpp_2m, {"lower_order_final": True}, grid="trailing"),
     "dpmpp_3m": SamplerSpec(sample_dpmpp_3m, {"lower_order_final": True}, grid="trailing"),
     "unipc": SamplerSpec(sample_unipc, {"order": 2, "corrector": True, "lower_order_final": True}, grid="trailing"),
+    # mixed rows (the "mixed" process of tables): categories = the one-hot block sizes; trailing starts at t = T
+    "multinomial": SamplerSpec(sample_multinomial, {"categories": ()}, grid="trailing"),
 }
 
 #: name → function (derived from :data:`SPECS`).

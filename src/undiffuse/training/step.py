@@ -76,7 +76,11 @@ def example_losses(
     noise: torch.Tensor, decoder: str, cond: dict,
 ) -> torch.Tensor:  # fmt: skip
     """Per-example training loss [m] at x = x_0 + σ_t·noise: the weighted denoising loss, or the hybrid
-    loss L_simple + λ·L_vlb for a learned variance (Nichol & Dhariwal 2021)."""
+    loss L_simple + λ·L_vlb for a learned variance (Nichol & Dhariwal 2021), or the process's own loss
+    (mixed rows: :meth:`undiffuse.diffusion.mixed.MixedPrecond.example_loss`)."""
+    own = getattr(precond, "example_loss", None)
+    if own is not None:
+        return own(schedule, x0, t, noise, **cond)
     if d.learned_variance:
         return hybrid_loss(precond, schedule, x0, t, noise, d.lambda_vlb, decoder, **cond)["loss"]
     sigma = schedule.sigmas.to(x0.device)[t - 1]
