@@ -51,7 +51,12 @@ class Job:
 
     def _settle(self, result: Any, error: Optional[BaseException]) -> None:
         if not self.future.done():
-            self.future.set_exception(error) if error is not None else self.future.set_result(result)
+            if error is not None and self.cancelled.is_set():
+                self.future.cancel()  # nobody waits for it any more
+            elif error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
             self.events.put_nowait(("done",))
 
     def finish(self, result: Any) -> None:
@@ -83,7 +88,6 @@ class Batcher:
         with self._cond:
             self._stopping = True
             for job in self._pending:
-                job.cancel()
                 job.fail(Cancelled("the server is stopping — send the request again when it is back", status=503))
             self._pending.clear()
             self._cond.notify_all()
