@@ -11,7 +11,7 @@ Everything the CLI does is one of these functions (each lives in the module that
 | function | module |
 |---|---|
 | :func:`load`, :class:`Model` | :mod:`undiffuse.model` |
-| :func:`sample`, :func:`guided_denoiser`, :func:`null_cond`, :func:`sampler_names` | :mod:`undiffuse.sampling` |
+| :func:`sample`, :func:`resolve_sampling`, :func:`guided_denoiser`, :func:`null_cond`, :func:`sampler_names` | :mod:`undiffuse.sampling` |
 | :func:`conditioning`, :func:`text_encoder` | :mod:`undiffuse.conditioning` |
 | :func:`save_samples` | :mod:`undiffuse.data.kinds` (the writers of each kind of data) |
 | :func:`nll`, :func:`eval_data` | :mod:`undiffuse.evaluation.nll` |
@@ -23,7 +23,7 @@ from undiffuse.conditioning import conditioning, text_encoder
 from undiffuse.data.kinds import save_samples
 from undiffuse.evaluation.nll import eval_data, nll
 from undiffuse.model import Model, load
-from undiffuse.sampling import guided_denoiser, null_cond, sample, sampler_names
+from undiffuse.sampling import guided_denoiser, null_cond, resolve_sampling, sample, sampler_names
 
-__all__ = ["Model", "load", "sample", "save_samples", "nll", "eval_data", "sampler_names", "conditioning",
+__all__ = ["Model", "load", "sample", "resolve_sampling", "save_samples", "nll", "eval_data", "sampler_names", "conditioning",
            "guided_denoiser", "null_cond", "text_encoder"]

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from torch import nn
 
 from undiffuse.config import DiffusionConfig, ModelConfig, RunConfig
+from undiffuse.diffusion.consistency import ConsistencyFunction
 from undiffuse.diffusion.precond import Precond, allows_zero_terminal_snr
 from undiffuse.errors import ConfigError
 from undiffuse.schedules.discrete import Schedule, ScheduleError, make_schedule
@@ -130,9 +131,12 @@ def build_denoiser(cfg: RunConfig, info: DataInfo, schedule: Optional[Schedule] 
     if info.kind == "table":  # the "mixed" process: Gaussian numbers + multinomial categories (TabDDPM)
         return _mixed(net, d, info, schedule)
     try:
-        return Precond(net, d.parameterization, schedule, d.learned_variance, d.sigma_data)
+        precond = Precond(net, d.parameterization, schedule, d.learned_variance, d.sigma_data)
     except ValueError as e:
         raise ConfigError(f"{e} — change diffusion.parameterization or diffusion.schedule") from e
+    if cfg.distill.method == "consistency":  # a consistency student: f_θ with f(x, σ_min) = x (Song et al. 2023)
+        return ConsistencyFunction(precond, sigma_min=float(schedule.sigmas[0]))
+    return precond
 
 
 def _mixed(net: nn.Module, d: DiffusionConfig, info: DataInfo, schedule: Schedule) -> Precond:

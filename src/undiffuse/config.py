@@ -38,13 +38,17 @@ from undiffuse.errors import ConfigError, brief
 from undiffuse.losses.denoising import WEIGHTINGS
 from undiffuse.nn.mlp import MLPConfig
 from undiffuse.nn.unet import UNetConfig
+from undiffuse.samplers.registry import SPECS as SAMPLER_SPECS
 from undiffuse.schedules.discrete import SCHEDULES
+from undiffuse.schedules.grids import GRIDS
 
 __all__ = [
     "DataConfig",
     "ModelConfig",
     "DiffusionConfig",
     "TrainConfig",
+    "SampleConfig",
+    "DistillConfig",
     "RunConfig",
     "PRESETS",
     "get_preset",
@@ -256,6 +260,63 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SampleConfig:
+    """How ``undiffuse sample``/``eval`` and :func:`undiffuse.sampling.sample` sample this run by default.
+
+    sampler: a name of :data:`undiffuse.samplers.registry.SPECS`; steps: sampler steps; grid: the σ grid
+    (None: the sampler's own default grid). A distilled student records its few-step sampler here.
+    """
+
+    sampler: str = "ddim"
+    steps: int = 50
+    grid: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _choice(self, "sampler", tuple(SAMPLER_SPECS))
+        _positive(self, "steps")
+        if self.grid is not None:
+            _choice(self, "grid", GRIDS)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Whether this run is a distilled student (:mod:`undiffuse.training.distill`), and how it was made.
+
+    method: "" (an ordinary run), ``progressive`` (Salimans & Ho 2022) or ``consistency`` (Song et al. 2023).
+    teacher, teacher_step: the teacher run directory and the checkpoint step distilled.
+    target_steps: the student's sampling steps; start_steps: the teacher's DDIM steps of the first
+    progressive round (halved each round down to target_steps); round_steps: optimizer steps per round
+    (fixed when the student is made, so a resumed run keeps its rounds); grid: the progressive σ grid.
+    cd_steps: the consistency discretization N (teacher ODE steps between σ_min and σ_max, Karras grid);
+    huber_c: the pseudo-Huber constant c per √dim (iCT: 0.00054·√d); p_mean, p_std: iCT's log-normal
+    density of the noise level σ of a training pair.
+    """
+
+    method: str = ""
+    teacher: str = ""
+    teacher_step: int = 0
+    target_steps: int = 4
+    start_steps: int = 64
+    round_steps: int = 0
+    grid: str = "trailing"
+    cd_steps: int = 40
+    huber_c: float = 0.00054
+    p_mean: float = -1.1
+    p_std: float = 2.0
+
+    def __post_init__(self) -> None:
+        _choice(self, "method", ("", "progressive", "consistency"))
+        _choice(self, "grid", ("trailing", "leading", "uniform"))
+        _positive(self, "target_steps", "start_steps", "p_std")
+        _positive(self, "teacher_step", "round_steps", "huber_c", allow_zero=True)
+        if self.cd_steps < 2:
+            raise ConfigError(f"distill.cd_steps = {self.cd_steps} must be at least 2 — e.g. 40")
+        if self.method == "progressive" and self.start_steps < self.target_steps:
+            raise ConfigError(f"distill.start_steps = {self.start_steps} is below distill.target_steps = "
+                              f"{self.target_steps} — start from more teacher steps")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a training run; saved as ``config.json`` in the run directory."""
 
@@ -263,6 +324,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     preset: str = "fmnist"
 
     def __post_init__(self) -> None:
@@ -378,7 +441,7 @@ def resolve_config(data: Optional[str] = None, preset: Optional[str] = None, ove
 
 # --- overrides and (de)serialisation ------------------------------------------------------------------
 
-_SECTIONS = ("data", "model", "diffusion", "train")
+_SECTIONS = ("data", "model", "diffusion", "train", "sample", "distill")
 
 
 def config_keys() -> list[str]:
@@ -387,7 +450,8 @@ def config_keys() -> list[str]:
 
 
 def _section_type(name: str) -> type:
-    return {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}[name]
+    return {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
+            "sample": SampleConfig, "distill": DistillConfig}[name]
 
 
 def _hints(cls: type) -> dict[str, Any]:

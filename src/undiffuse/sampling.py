@@ -18,7 +18,7 @@ from undiffuse.samplers import registry
 from undiffuse.samplers.driver import drive, registry_batch
 from undiffuse.schedules.grids import GRIDS, make_sigmas
 
-__all__ = ["sample", "sampler_names", "sigmas_for", "guided_denoiser", "null_cond"]
+__all__ = ["sample", "resolve_sampling", "sampler_names", "sigmas_for", "guided_denoiser", "null_cond"]
 
 
 def sampler_names() -> tuple[str, ...]:
@@ -39,9 +39,20 @@ def sigmas_for(model: Model, sampler: str, steps: int, spacing: Optional[str] = 
     return make_sigmas(model.schedule, steps, grid).to(model.device)
 
 
+def resolve_sampling(model: Model, sampler: Optional[str] = None, steps: Optional[int] = None,
+                     spacing: Optional[str] = None) -> tuple[str, int, Optional[str]]:  # fmt: skip
+    """(sampler, steps, grid) with the run's defaults (its config's ``sample`` section) for those not given;
+    the run's grid applies only to the run's own sampler (None: that sampler's default grid)."""
+    own = model.config.sample
+    sampler = sampler or own.sampler
+    grid = spacing or (own.grid if sampler == own.sampler else None)
+    return sampler, (steps if steps is not None else own.steps), grid
+
+
 @torch.no_grad()
 def sample(
-    model: Model, n: int, seed: int = 0, sampler: str = "ddim", steps: int = 50, eta: Optional[float] = None,
+    model: Model, n: int, seed: int = 0, sampler: Optional[str] = None, steps: Optional[int] = None,
+    eta: Optional[float] = None,
     batch_size: int = 256, cond: Optional[dict] = None, callback: Optional[Callable[[dict], None]] = None,
     var_type: Optional[str] = None, clip: Union[str, tuple[float, float], None] = "auto",
     spacing: Optional[str] = None, info: Optional[dict] = None, guidance: Optional[float] = None,
@@ -54,7 +65,9 @@ def sample(
     Args:
         sampler: any name of :data:`undiffuse.samplers.registry.SPECS`; ``eta``, ``var_type`` and
             ``**options`` are its declared options (an option it does not declare is refused).
-        steps: sampler steps; ``spacing`` the σ grid (None: the sampler's default, chosen by measurement).
+            None: the run's own default (``sample.sampler`` of its config: ddim, or a distilled student's).
+        steps: sampler steps (None: the run's ``sample.steps``); ``spacing`` the σ grid (None: the run's
+            ``sample.grid`` for its own sampler, else the sampler's default, chosen by measurement).
         cond: conditioning passed to the denoiser, e.g. {"class_labels": LongTensor [n]}.
         callback: called at every step with dict(i, x, sigma, sigma_next, denoised, offset) where
             offset is the position of the batch's first sample.
@@ -67,6 +80,7 @@ def sample(
         on_batch: progress, called as on_batch(done, total) after each batch.
     :func:`undiffuse.conditioning.conditioning` builds ``cond`` / ``guidance`` from a class or a prompt.
     """
+    sampler, steps, spacing = resolve_sampling(model, sampler, steps, spacing)
     idx = list(range(n)) if indices is None else [int(i) for i in indices]
     if (indices is None and n < 1) or batch_size < 1:
         raise UserError(f"n and batch_size must be positive (got {n}, {batch_size}) — pass positive counts")

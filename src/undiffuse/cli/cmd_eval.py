@@ -36,8 +36,10 @@ def add_parser(sub) -> None:
     p.add_argument("--n-ref", type=positive_int, default=None, help="reference examples (default: the split, ≤ 10,000)")
     p.add_argument("--fid", action="store_true", help="also FID/KID with the Inception network (slow on CPU: ~5 img/s)")
     p.add_argument("--n-ref-fid", type=positive_int, default=None, help="reference images for FID (default: the split)")
-    p.add_argument("--sampler", default="ddim", help="diffusion sampler (default ddim)")
-    p.add_argument("--steps", type=positive_int, default=50, help="diffusion sampler steps (default 50)")
+    p.add_argument("--sampler", default=None, help="diffusion sampler (default: the run's own — ddim, or a distilled "
+                   "student's few-step sampler)")
+    p.add_argument("--steps", type=positive_int, default=None, help="diffusion sampler steps (default: the run's own, "
+                   "50 for ddim)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed: sample i depends only on (seed, i)")
     p.add_argument("--nll-n", type=int, default=200, help="test examples for the NLL of a run (0: skip)")
     p.add_argument("--nll-nt", type=positive_int, default=50, help="strata over t of the diffusion VLB estimate")
@@ -152,6 +154,7 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace):
 
             model = api.load(run_dir, device=ctx.device)
             data_spec = model.data.name
+            args.sampler, args.steps, _ = api.resolve_sampling(model, args.sampler, args.steps)
         if ctx.is_main:
             warn_few_samples(args.n, model[1].data_kind if baseline else model.data.kind, args.fid)
         indices = list(range(ctx.rank, args.n, ctx.world_size))

@@ -17,10 +17,12 @@ def add_parser(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory")
     p.add_argument("--n", type=positive_int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="seed: sample i depends only on (seed, i)")
-    p.add_argument("--sampler", default="ddim",
-                   help="ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_3m, unipc; for few steps (5–20) "
-                   "use unipc or dpmpp_2m (each on its measured default grid: benchmarks/README.md)")
-    p.add_argument("--steps", type=positive_int, default=50, help="sampler steps (a subset of the T training steps)")
+    p.add_argument("--sampler", default=None,
+                   help="ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_3m, unipc, consistency; for few steps "
+                   "(5–20) use unipc or dpmpp_2m (each on its measured default grid: benchmarks/README.md); default: "
+                   "the run's own (ddim; a distilled student's few-step sampler)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampler steps (a subset of the T training steps; default: the run's own, 50 for ddim)")
     p.add_argument("--spacing", default=None, choices=GRIDS, metavar="GRID",
                    help=f"σ grid: {', '.join(GRIDS)} (default: the sampler's own, chosen by measurement)")
     p.add_argument("--eta", type=float, default=None,
@@ -54,10 +56,13 @@ def run(args: argparse.Namespace) -> int:
 
     if run_kind(args.run_dir) in BASELINE_KINDS:
         return run_baseline(args)
-    if args.sampler not in api.sampler_names():
+    if args.sampler is not None and args.sampler not in api.sampler_names():
         raise UserError(f"unknown sampler {args.sampler!r} — choose one of {', '.join(api.sampler_names())}")
     model = api.load(args.run_dir, args.checkpoint, ema=not args.raw, device=args.device)
     check_output(args.out, model.data.kind)
+    from undiffuse.sampling import resolve_sampling
+
+    args.sampler, args.steps, args.spacing = resolve_sampling(model, args.sampler, args.steps, args.spacing)
     frames: list = []
     callback = _trajectory(frames) if args.gif else None
     info: dict = {}

@@ -10,6 +10,7 @@
 | ``dpmpp_2m`` / ``dpmpp_3m`` | Lu et al. 2022 (DPM-Solver++) multistep | N | no |
 | ``unipc`` | Zhao et al. 2023 UniP-2 + UniC, B(h) = expm1(h) | N | no |
 | ``multinomial`` | DDPM on numbers + multinomial diffusion on one-hot blocks (TabDDPM; tables) | N | yes |
+| ``consistency`` | Song et al. 2023 Alg. 1, multistep consistency sampling (a consistency model's f_θ) | N | yes |
 
 Every sampler takes any ε / x_0 / v / EDM model through the denoiser interface D(x; σ) → x̂_0.
 Only ``ddpm`` can use a learned variance Σ_θ (Nichol & Dhariwal 2021): the σ-space samplers step
@@ -28,6 +29,7 @@ import torch
 
 from undiffuse.errors import ConfigError
 from undiffuse.samplers.common import Generators
+from undiffuse.samplers.consistency import sample_consistency
 from undiffuse.samplers.ddpm import sample_ddim, sample_ddpm
 from undiffuse.samplers.dpmsolver import sample_dpmpp_2m, sample_dpmpp_3m
 from undiffuse.samplers.heun import MAX_RATIO, corrected_steps, sample_heun
@@ -80,12 +82,15 @@ def sample_euler_ancestral(
 @dataclass(frozen=True)
 class SamplerSpec:
     """One sampler: its function, the options it declares (name → default), whether it reads a learned
-    Σ_θ, and the σ grid it uses by default (:func:`undiffuse.schedules.grids.make_sigmas` names)."""
+    Σ_θ, the σ grid it uses by default (:func:`undiffuse.schedules.grids.make_sigmas` names), and what its
+    callable must be: ``model="denoiser"`` D(x; σ) = E[x_0|x], or ``"consistency"`` a consistency function
+    f_θ(x, σ), the origin of x's probability-flow ODE trajectory (Song et al. 2023; a distilled student)."""
 
     fn: Callable
     options: Mapping[str, Any] = field(default_factory=dict)
     learned_variance: bool = False
     grid: str = "uniform"
+    model: str = "denoiser"
 
 
 #: The one registry: every name the API, CLI, bench and evaluation accept.
@@ -103,6 +108,8 @@ SPECS: dict[str, SamplerSpec] = {
     "unipc": SamplerSpec(sample_unipc, {"order": 2, "corrector": True, "lower_order_final": True}, grid="trailing"),
     # mixed rows (the "mixed" process of tables): categories = the one-hot block sizes; trailing starts at t = T
     "multinomial": SamplerSpec(sample_multinomial, {"categories": ()}, grid="trailing"),
+    # for consistency models (a distilled student's f_θ): trailing starts at σ_T, the σ the student was trained at
+    "consistency": SamplerSpec(sample_consistency, {"sigma_min": 0.0}, grid="trailing", model="consistency"),
 }
 
 #: name → function (derived from :data:`SPECS`).

@@ -107,6 +107,7 @@ class StepEngine:
     scaler: Optional[torch.amp.GradScaler] = None
     _perm_cache: dict = field(default_factory=dict)
     text: Any = None
+    objective: Any = None  # a distillation objective (undiffuse.training.distill) in place of the denoising loss
 
     @property
     def decoder(self) -> str:
@@ -134,9 +135,13 @@ class StepEngine:
             cond["x_cond"] = sr_condition(x0, m.sr_from)
         return cond
 
-    def batch_loss(self, x0, draws: StepDraws, labels, captions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Per-example losses [m] of one micro-batch under autocast."""
+    def batch_loss(self, x0, draws: StepDraws, labels, captions: Optional[torch.Tensor] = None,
+                   step: int = 0) -> torch.Tensor:  # fmt: skip
+        """Per-example losses [m] of one micro-batch of optimizer step ``step`` under autocast."""
         with self.autocast():
+            if self.objective is not None:
+                cond = self._cond(labels, draws.u_label, x0, captions)
+                return self.objective.losses(step, self.train_precond, x0, draws, cond)
             return example_losses(self.train_precond, self.schedule, self.cfg.diffusion, x0, draws.t,
                                   draws.noise, self.decoder, self._cond(labels, draws.u_label, x0, captions))  # fmt: skip
 
@@ -161,7 +166,7 @@ class StepEngine:
             sync = net.no_sync() if (ctx.distributed and not last) else contextlib.nullcontext()
             with sync:
                 caps = captions[pos] if captions is not None else None
-                losses = self.batch_loss(self.x[sel], draws.select(pos.to(ctx.device)), labels, caps)
+                losses = self.batch_loss(self.x[sel], draws.select(pos.to(ctx.device)), labels, caps, step)
                 objective = losses.sum() * (ctx.world_size / B)
                 (self.scaler.scale(objective) if self.scaler else objective).backward()
             total += losses.detach().double().sum()

@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 
@@ -65,7 +65,7 @@ class TrainSummary:
 def train(
     cfg: Optional[RunConfig], run_dir: Union[str, os.PathLike], steps: Optional[int] = None, resume: bool = False,
     device: Union[str, torch.device, None] = None, progress: bool = True,
-    on_step: Optional[Callable[[int, dict], None]] = None,
+    on_step: Optional[Callable[[int, dict], None]] = None, objective: Any = None,
 ) -> TrainSummary:  # fmt: skip
     """Train until ``steps`` optimizer steps in total (default ``cfg.train.steps``).
 
@@ -78,6 +78,9 @@ def train(
         progress: show a tqdm bar (loss, it/s, ETA) on rank 0 (when stderr is a terminal, see undiffuse.progress).
         on_step: called as on_step(step, stats) after every optimizer step (stats: loss, lr,
             grad_norm); raising KeyboardInterrupt there stops training like Ctrl-C.
+        objective: a distillation objective (:mod:`undiffuse.training.distill`): ``setup(precond, ema_net,
+            device)`` once after the networks are built (before a resume restores them), then
+            ``losses(step, precond, x0, draws, cond)`` in place of the denoising loss.
     Returns:
         a :class:`TrainSummary`; ``interrupted`` is True after Ctrl-C/SIGTERM (a checkpoint was saved).
     Raises:
@@ -92,7 +95,7 @@ def train(
     try:
         with torch.random.fork_rng(devices=devices), StopFlag() as stop:
             with _lock(Path(run_dir), resume, ctx) or contextlib.nullcontext():  # rank 0 holds the run's lock
-                return _Run(cfg, Path(run_dir), steps, resume, ctx, progress, on_step, stop).run()
+                return _Run(cfg, Path(run_dir), steps, resume, ctx, progress, on_step, stop, objective).run()
     finally:
         D.teardown(ctx)
 
@@ -144,8 +147,9 @@ class _Run:
     """State of one call to :func:`train` (kept out of the public API)."""
 
     def __init__(self, cfg, run_dir: Path, steps, resume: bool, ctx: D.DistContext, progress: bool, on_step,
-                 stop: StopFlag) -> None:  # fmt: skip
+                 stop: StopFlag, objective: Any = None) -> None:  # fmt: skip
         self.run_dir, self.ctx, self.progress, self.on_step, self.stop = run_dir, ctx, progress, on_step, stop
+        self.objective = objective
         self.last_ckpt: Optional[Path] = None
         self.resumed = resume_point(run_dir, cfg, steps, ctx.device) if resume else None  # resolved once, here
         if self.resumed is not None:
@@ -178,11 +182,13 @@ class _Run:
         train_net = D.wrap_ddp(precond.net, ctx)
         train_precond = precond.with_net(train_net)
         self.ema = EMA(precond.net)
+        if self.objective is not None:  # e.g. a distilled student starts as a copy of its teacher
+            self.objective.setup(precond, self.ema.module, ctx.device)
         dtype, use_scaler = resolve_precision(cfg.train.precision, ctx.device)
         scaler = torch.amp.GradScaler(ctx.device.type) if use_scaler else None
         opt = make_optimizer(precond.net.parameters(), cfg.train, ctx.device)
         self.engine = StepEngine(cfg, ctx, precond, train_precond, precond.schedule, self.data.info, self.data.x,
-                                 self.data.y, opt, dtype, scaler)  # fmt: skip
+                                 self.data.y, opt, dtype, scaler, objective=self.objective)  # fmt: skip
         if cfg.model.text_cond:  # every training caption embedded once; the cache lives in the run dir
             from undiffuse.conditioning import CaptionTable, run_text_encoder
 

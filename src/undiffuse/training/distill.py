@@ -1,0 +1,244 @@
+"""``distill``: a few-step student from a trained diffusion run, by progressive or consistency distillation.
+
+::
+
+    from undiffuse.training.distill import distill
+    distill("runs/fmnist", "runs/fmnist-cd", "consistency", target_steps=2, steps=600)
+
+The student is an ordinary diffusion run directory trained by :func:`undiffuse.training.train` (checkpoints,
+lock, EMA, precision, exact resume: every draw is keyed to (seed, step)); only the loss differs, given by
+an objective of this module. Its config records the teacher (``distill`` section) and its few-step sampler
+(``sample`` section), so ``undiffuse sample STUDENT`` samples it in ``target_steps`` steps by default.
+
+- ``progressive`` (Salimans & Ho 2022, Alg. 2): rounds of ``distill.round_steps`` optimizer steps; in each
+  round one student DDIM step learns two teacher DDIM steps (:func:`undiffuse.losses.distill.progressive_target`)
+  on the student's grid of N steps (N = start_steps/2, then halved each round down to target_steps); the teacher
+  of round r ≥ 1 is the student's EMA at the round's first step (saved as ``round_teacher.safetensors`` so a
+  resumed run uses the same one). The student samples with DDIM on its own grid.
+- ``consistency`` (Song et al. 2023, Alg. 2; iCT's pseudo-Huber metric, 1/Δσ weights, log-normal σ and
+  θ⁻ = stopgrad θ): the student is the consistency function f_θ (:class:`~undiffuse.diffusion.consistency.ConsistencyFunction`)
+  and samples with the ``consistency`` sampler (multistep consistency sampling).
+
+A student is initialised with the teacher's EMA weights. An ε-prediction teacher gets a v-prediction student
+(ε-prediction cannot make one-step predictions at large σ, Salimans & Ho 2022, Sec. 4).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from undiffuse.config import DistillConfig, RunConfig, SampleConfig, apply_overrides
+from undiffuse.diffusion.precond import append_dims
+from undiffuse.errors import UserError
+from undiffuse.io import atomic_path
+from undiffuse.losses.distill import consistency_loss, lognormal_pairs, progressive_loss, progressive_target
+from undiffuse.model import Model, load
+from undiffuse.runs import saved_config
+from undiffuse.sampling import guided_denoiser
+from undiffuse.schedules.grids import make_sigmas
+from undiffuse.training.keyed import StepDraws
+from undiffuse.training.trainer import TrainSummary, train
+
+__all__ = ["METHODS", "distill", "student_config", "progressive_rounds", "ProgressiveObjective",
+           "ConsistencyObjective", "make_objective"]  # fmt: skip
+
+METHODS = ("progressive", "consistency")
+PathLike = Union[str, os.PathLike]
+ROUND_TEACHER = "round_teacher.safetensors"
+
+
+def progressive_rounds(start_steps: int, target_steps: int) -> list[int]:
+    """The student's step counts, round by round: start_steps/2, start_steps/4, …, target_steps."""
+    rounds, n = [], start_steps
+    while n > target_steps:
+        if n % 2:
+            raise UserError(f"distill.start_steps = {start_steps} is not target_steps = {target_steps} times a power "
+                            "of 2 — e.g. --start-steps 64 with --target-steps 1, 2 or 4")  # fmt: skip
+        n //= 2
+        rounds.append(n)
+    if n != target_steps:
+        raise UserError(f"distill.start_steps = {start_steps} is not target_steps = {target_steps} times a power of 2 "
+                        "— e.g. --start-steps 64 with --target-steps 1, 2 or 4")  # fmt: skip
+    return rounds
+
+
+def _draw_index(t: torch.Tensor, T: int, n: int) -> torch.Tensor:
+    """A uniform index in 0..n−1 per example from the trainer's keyed draw t ∈ 1..T (uniform)."""
+    return ((t - 1) * n) // T
+
+
+def _uniform(t: torch.Tensor, T: int) -> torch.Tensor:
+    """u ∈ (0, 1) per example from the trainer's keyed draw t ∈ 1..T: the midpoint of t's stratum."""
+    return (t.double() - 0.5) / T
+
+
+class ProgressiveObjective:
+    """Progressive distillation's loss (Salimans & Ho 2022, Alg. 2) as a trainer objective."""
+
+    def __init__(self, cfg: RunConfig, teacher: Model, run_dir: PathLike) -> None:
+        self.d: DistillConfig = cfg.distill
+        self.teacher_model, self.run_dir = teacher, Path(run_dir)
+        self.rounds = progressive_rounds(self.d.start_steps, self.d.target_steps)
+        self.round, self.teacher = -1, None
+        self.student: Optional[nn.Module] = None
+        self.ema_net: Optional[nn.Module] = None
+
+    def setup(self, precond: nn.Module, ema_net: nn.Module, device: torch.device) -> None:
+        """Start the student (and its EMA) as a copy of the teacher's EMA weights."""
+        self.teacher_model.denoiser.to(device)
+        _copy_teacher(self.teacher_model, precond, ema_net)
+        self.student, self.ema_net = precond, ema_net
+
+    def round_of(self, step: int) -> int:
+        return min(step // max(self.d.round_steps, 1), len(self.rounds) - 1)
+
+    def _enter_round(self, r: int) -> None:
+        """Round r's teacher: the teacher run for r = 0, else the student's EMA at the round's first step."""
+        self.round = r
+        if r == 0:
+            self.teacher = guided_denoiser(self.teacher_model, self.teacher_model.denoiser)
+            return
+        net = _frozen_copy(self.ema_net)
+        path = self.run_dir / ROUND_TEACHER
+        if _saved_round(path) == r:  # a resumed run: the EMA of the round's first step, as saved then
+            net.load_state_dict(_read(path), strict=True)
+        else:
+            with atomic_path(path) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, tmp,
+                          metadata={"round": str(r)})  # fmt: skip
+        self.teacher = guided_denoiser(self.teacher_model, self.student.with_net(net))
+
+    def losses(self, step: int, student, x0: torch.Tensor, draws: StepDraws, cond: dict) -> torch.Tensor:
+        """Per-example loss of ``step``: the student's N-step DDIM grid of this round, an interval i drawn
+        from the keyed t, x = x_0 + σ_i·noise, and the two-teacher-step target."""
+        r = self.round_of(step)
+        if r != self.round:
+            self._enter_round(r)
+        n = self.rounds[r]
+        fine = make_sigmas(self.teacher_model.schedule, 2 * n, self.d.grid).to(x0.device)  # the teacher's 2N steps
+        i = _draw_index(draws.t, self.teacher_model.schedule.T, n)
+        sigma, mid, nxt = fine[2 * i], fine[2 * i + 1], fine[2 * i + 2]
+        x = torch.where(append_dims(torch.isinf(sigma), x0), draws.noise, x0 + append_dims(sigma, x0) * draws.noise)
+        with torch.no_grad():
+            target = progressive_target(self.teacher, x, sigma, mid, nxt, cond)
+        return progressive_loss(student, target, x, sigma, cond)
+
+
+class ConsistencyObjective:
+    """Consistency distillation's loss (Song et al. 2023, Alg. 2, with iCT's improvements) as a trainer objective."""
+
+    def __init__(self, cfg: RunConfig, teacher: Model) -> None:
+        self.d: DistillConfig = cfg.distill
+        self.teacher_model = teacher
+        self.teacher = guided_denoiser(teacher, teacher.denoiser)
+        grid = make_sigmas(teacher.schedule, self.d.cd_steps, "karras")
+        self.sigmas = grid[grid > 0]  # σ_max = σ_0 > … > σ_{N−1} = σ_min (Karras et al. 2022, ρ = 7)
+
+    def setup(self, precond: nn.Module, ema_net: nn.Module, device: torch.device) -> None:
+        self.teacher_model.denoiser.to(device)
+        _copy_teacher(self.teacher_model, precond, ema_net)
+
+    def losses(self, step: int, student, x0: torch.Tensor, draws: StepDraws, cond: dict) -> torch.Tensor:
+        """Per-example loss: a pair (σ_{n+1}, σ_n) drawn log-normally from the keyed t, then
+        :func:`undiffuse.losses.distill.consistency_loss` with c = huber_c·√d."""
+        u = _uniform(draws.t, self.teacher_model.schedule.T)
+        hi, lo = lognormal_pairs(u, self.sigmas, self.d.p_mean, self.d.p_std)
+        c = self.d.huber_c * math.sqrt(x0[0].numel())
+        return consistency_loss(student, self.teacher, x0, draws.noise, hi.to(x0.device), lo.to(x0.device), c, cond)
+
+
+def _copy_teacher(teacher: Model, precond: nn.Module, ema_net: nn.Module) -> None:
+    state = teacher.denoiser.net.state_dict()
+    precond.net.load_state_dict(state, strict=True)
+    ema_net.load_state_dict(state, strict=True)
+
+
+def _frozen_copy(net: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(net).eval().requires_grad_(False)
+
+
+def _saved_round(path: Path) -> Optional[int]:
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        return int((f.metadata() or {}).get("round", -1))
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def make_objective(cfg: RunConfig, run_dir: PathLike, device: Union[str, torch.device, None] = None):
+    """The objective of a student config: its teacher loaded (EMA weights of ``distill.teacher_step``)."""
+    d = cfg.distill
+    if d.method not in METHODS:
+        raise UserError(f"{run_dir} is not a distilled student (no distill.method) — pass a run made by `undiffuse distill`")
+    teacher = load(d.teacher, d.teacher_step or None, ema=True, device=device or "cpu")
+    if d.method == "progressive":
+        return ProgressiveObjective(cfg, teacher, run_dir)
+    return ConsistencyObjective(cfg, teacher)
+
+
+def student_config(
+    teacher: Model, teacher_dir: PathLike, method: str, target_steps: int = 4, steps: int = 600,
+    start_steps: int = 64, overrides: Iterable[str] = (),
+) -> RunConfig:  # fmt: skip
+    """The student's run configuration: the teacher's, with the ``distill`` and ``sample`` sections set, a
+    v-prediction for an ε teacher, and training settings for distillation (no preview grids or validation,
+    a short EMA; progressive: a checkpoint at the end of every round). ``overrides`` apply last."""
+    if method not in METHODS:
+        raise UserError(f"unknown distillation method {method!r} — choose one of {', '.join(METHODS)}")
+    base = teacher.config
+    n_rounds = len(progressive_rounds(start_steps, target_steps)) if method == "progressive" else 1
+    round_steps = math.ceil(steps / n_rounds) if method == "progressive" else 0
+    d = DistillConfig(method=method, teacher=str(Path(teacher_dir).resolve()), teacher_step=teacher.step,
+                      target_steps=target_steps, start_steps=start_steps, round_steps=round_steps)  # fmt: skip
+    sample = (SampleConfig("ddim", target_steps, d.grid) if method == "progressive"
+              else SampleConfig("consistency", target_steps, None))  # fmt: skip
+    param = "v" if base.diffusion.parameterization == "eps" else base.diffusion.parameterization
+    tc = replace(base.train, steps=round_steps * n_rounds if method == "progressive" else steps, lr=1e-4,
+                 warmup_steps=10, ema_halflife_kimg=0.5, ema_warmup=0.0, sample_every=0, val_every=0,
+                 ckpt_every=round_steps or max(steps // 4, 1), keep_last=n_rounds + 1, lr_schedule="constant")  # fmt: skip
+    cfg = replace(base, diffusion=replace(base.diffusion, parameterization=param, weighting=None), train=tc,
+                  sample=sample, distill=d)  # fmt: skip
+    return apply_overrides(cfg, overrides)
+
+
+def distill(
+    teacher_dir: Optional[PathLike], out: PathLike, method: Optional[str] = None, target_steps: int = 4,
+    steps: Optional[int] = None, resume: bool = False, start_steps: int = 64, overrides: Iterable[str] = (),
+    teacher_checkpoint: Union[int, str, None] = None, device: Union[str, torch.device, None] = None,
+    progress: bool = True,
+) -> TrainSummary:  # fmt: skip
+    """Distil the teacher run into a few-step student run at ``out`` (or, with ``resume``, continue one:
+    the teacher, method and settings come from the student's saved config; ``steps`` may raise the total).
+
+    Args:
+        method: ``progressive`` or ``consistency``; target_steps: the student's sampling steps.
+        steps: optimizer steps in all (default 600; progressive: split evenly over its rounds).
+        start_steps: the teacher's DDIM steps that the first progressive round halves.
+        overrides: ``--set`` strings applied to the student's config (e.g. ``train.lr=2e-4``).
+    """
+    if resume:
+        cfg = saved_config(out)
+        objective = make_objective(cfg, out, device)
+        return train(None, out, steps=steps, resume=True, device=device, progress=progress, objective=objective)
+    if teacher_dir is None or method is None:
+        raise UserError("distill needs a TEACHER run and --method (progressive or consistency) — or --resume")
+    teacher = load(teacher_dir, teacher_checkpoint, ema=True, device="cpu")
+    cfg = student_config(teacher, teacher_dir, method, target_steps, steps or 600, start_steps, overrides)
+    objective = make_objective(cfg, out, device)
+    return train(cfg, out, device=device, progress=progress, objective=objective)

@@ -1,0 +1,210 @@
+"""Distillation (issue 15): progressive distillation's target, the consistency function and its sampler, and
+students as ordinary runs — exact resume, few-step default sampling, per-sample determinism, the CLI."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from undiffuse.diffusion.consistency import ConsistencyFunction, consistency_coefficients
+from undiffuse.diffusion.oracles import GaussianOracle
+from undiffuse.diffusion.precond import DenoiserOutput, DenoiserWrapper, Precond
+from undiffuse.losses.distill import ddim_step, lognormal_pairs, progressive_target, pseudo_huber
+from undiffuse.samplers.ddpm import sample_ddim
+from undiffuse.samplers.registry import sample as run_sampler
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+F64 = torch.float64
+M, S = 0.3, 0.5  # the Gaussian oracle's data: N(M, S²)
+
+
+def test_progressive_target_is_two_teacher_ddim_steps():
+    """Salimans & Ho 2022, Alg. 2 with the exact Gaussian teacher: one DDIM step σ → σ'' with x̂_0 = x̃ lands
+    exactly where two teacher DDIM steps σ → σ' → σ'' land (sample_ddim, the registry's DDIM), and x̃ equals the
+    closed form: each DDIM step maps x − m to (g + (σ'/σ)(1 − g))(x − m), g = S²/(S² + σ²)."""
+    teacher = GaussianOracle(M, S)
+    sig = torch.tensor([80.0, 3.0, 1.0, 0.4, math.inf, 2.0], dtype=F64)
+    mid = torch.tensor([10.0, 1.5, 0.5, 0.1, 5.0, 1.0], dtype=F64)
+    nxt = torch.tensor([2.0, 0.0, 0.2, 0.0, 1.0, 0.5], dtype=F64)
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=F64) * torch.where(sig.isinf(), 1.0, sig)[:, None]
+    target = progressive_target(teacher, x, sig, mid, nxt, {})
+    for i in range(6):  # two teacher steps of the registry's DDIM, one example at a time
+        two = sample_ddim(teacher, x[i : i + 1], torch.stack([sig[i], mid[i], nxt[i]]))
+        one = sample_ddim(lambda x_, s_: target[i : i + 1], x[i : i + 1], torch.stack([sig[i], nxt[i]]))
+        torch.testing.assert_close(one, two, rtol=1e-12, atol=1e-12)
+
+    def factor(s, s_next):  # (x' − m) / (x − m) of one exact DDIM step on N(m, S²) data
+        g = S**2 / (S**2 + s**2) if math.isfinite(s) else 0.0
+        return g + (s_next / s) * (1 - g) if math.isfinite(s) else None
+
+    for i in [0, 1, 2, 3, 5]:
+        s, s1, s2 = (float(v) for v in (sig[i], mid[i], nxt[i]))
+        a = factor(s, s1) * factor(s1, s2)  # x'' − m = a (x − m)
+        r = s2 / s
+        closed = M + (a - r) / (1 - r) * (x[i] - M)  # x̃ = (x'' − r x)/(1 − r)
+        torch.testing.assert_close(target[i], closed, rtol=1e-12, atol=1e-12)
+
+
+def test_ddim_step_per_example_matches_the_sampler():
+    """The per-example step used by both objectives is the registry's DDIM step."""
+    teacher = GaussianOracle(M, S)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=F64) * 5
+    s, s_next = torch.tensor([5.0, 5.0, 5.0, 5.0], dtype=F64), torch.tensor([2.0, 2.0, 2.0, 2.0], dtype=F64)
+    torch.testing.assert_close(ddim_step(teacher, x, s, s_next, {}), sample_ddim(teacher, x, torch.tensor([5.0, 2.0], dtype=F64)))
+
+
+def _tiny_precond() -> Precond:
+    from undiffuse.nn.mlp import MLP
+
+    torch.manual_seed(0)
+    return Precond(MLP(dim=2, hidden=16, depth=2, emb_dim=8), "v").double()
+
+
+def test_consistency_function_boundary_condition():
+    """Song et al. 2023, Eq. 5: f(x, σ_min) = x exactly for any network; f → D_θ far above σ_min."""
+    pre = _tiny_precond()
+    f = ConsistencyFunction(pre, sigma_min=0.002)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
+    with torch.no_grad():
+        assert torch.equal(f(x, torch.full((5,), 0.002, dtype=F64)), x)
+        far = torch.full((5,), 50.0, dtype=F64)
+        torch.testing.assert_close(f(x * 50, far), pre(x * 50, far), rtol=1e-6, atol=1e-6)
+    c_skip, c_out = consistency_coefficients(torch.tensor([0.002, 0.004, 1.0], dtype=F64), 0.002, 0.002)
+    assert c_skip.tolist()[:2] == [1.0, 0.5] and c_out[0] == 0 and c_skip[2] < 1e-5
+    assert f.with_net(pre.net).net is pre.net and f.net is pre.net  # training and EMA see the Precond's network
+
+
+class ExactConsistency(DenoiserWrapper):
+    """The exact consistency function of N(m, s²) data: the PF-ODE keeps (x − m)/√(s² + σ²) constant, so
+    f*(x, σ) = m + s·(x − m)/√(s² + σ²)."""
+
+    def denoise(self, x, sigma, **cond):
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        return DenoiserOutput(M + S * (x - M) / torch.sqrt(S**2 + s**2))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_consistency_sampler_with_the_exact_consistency_function(steps):
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1) with the exact f* of Gaussian data: the output
+    law is Gaussian with moments from the recursion mean_{k+1} = m + (mean_k + 0 − m)·a_k,
+    var_{k+1} = (var_k + σ_k²)·a_k², a_k = S/√(S² + σ_k²) (start: mean 0, var σ_0², no added noise at k = 0),
+    which the samples match within 5 standard errors; and at 1 step it is f*(σ_0·n, σ_0) exactly."""
+    from undiffuse.schedules import make_schedule
+    from undiffuse.schedules.grids import make_sigmas
+
+    sig = make_sigmas(make_schedule("linear", 1000), steps, "trailing")
+    n = torch.randn(20000, 1, generator=torch.Generator().manual_seed(3), dtype=F64)
+    out = run_sampler("consistency", ExactConsistency(), n * sig[0], sig, generator=torch.Generator().manual_seed(4))
+    mean, var = 0.0, float(sig[0]) ** 2
+    for k in range(steps):
+        s = float(sig[k])
+        var = var + (s**2 if k > 0 else 0.0)
+        a = S / math.sqrt(S**2 + s**2)
+        mean, var = M + (mean - M) * a, var * a * a
+    assert abs(out.mean().item() - mean) < 5 * math.sqrt(var / len(out))
+    assert out.var().item() == pytest.approx(var, rel=0.05)
+    assert math.hypot(mean - M, math.sqrt(var) - S) < 0.01  # and that law is N(m, S²) up to σ_0's finite size
+    if steps == 1:
+        torch.testing.assert_close(out, M + S * (n * sig[0] - M) / math.sqrt(S**2 + float(sig[0]) ** 2))
+
+
+def test_lognormal_pairs_and_pseudo_huber():
+    """iCT's pairs are adjacent points of the grid, log-normally placed; the pseudo-Huber metric is ≈ ‖·‖²/(2c)
+    for small differences and ≈ ‖·‖ − c for large ones (Song & Dhariwal 2023, Eq. 10)."""
+    grid = torch.tensor([80.0, 10.0, 2.0, 0.5, 0.1, 0.002], dtype=F64)
+    u = torch.rand(4000, generator=torch.Generator().manual_seed(5), dtype=F64)
+    hi, lo = lognormal_pairs(u, grid, -1.1, 2.0)
+    idx = torch.searchsorted(-grid, -hi)
+    assert torch.equal(grid[idx], hi) and torch.equal(grid[idx + 1], lo) and bool((hi > lo).all())
+    # P(σ* > 2) = P(Z > (ln 2 + 1.1)/2) for the log-normal density
+    share = float((lo >= 2.0).double().mean())
+    expect = 0.5 * math.erfc((math.log(2.0) + 1.1) / 2 / math.sqrt(2))
+    assert share == pytest.approx(expect, abs=0.03)
+    a, b, c = torch.zeros(2, 3), torch.tensor([[1e-4, 0, 0], [30.0, 40.0, 0]]), 0.01
+    d = pseudo_huber(a, b, c)
+    assert d[0].item() == pytest.approx(1e-8 / (2 * c), rel=1e-3) and d[1].item() == pytest.approx(50 - c, rel=1e-6)
+
+
+# --- students as runs ------------------------------------------------------------------------------------
+
+FP32 = ["train.precision=fp32", "train.batch_size=16", "train.ckpt_every=2"]
+
+
+def _weights(run):
+    from undiffuse.runs import latest_checkpoint, load_checkpoint
+
+    ck = load_checkpoint(latest_checkpoint(run), optimizer=False)
+    return ck.step, ck.model, ck.ema
+
+
+@pytest.mark.parametrize("method", ["progressive", "consistency"])
+def test_distill_resume_is_exact(tiny_run, tmp_path, method):
+    """6 steps in one go = 4 steps, then --resume to 6, bit for bit (progressive: rounds of 3 steps, so the
+    resume falls inside the second round, whose teacher — the EMA at step 3 — comes back from the run)."""
+    from undiffuse.training.distill import distill
+
+    kw = dict(target_steps=1, start_steps=4, overrides=[*FP32, "distill.round_steps=3"], progress=False)
+    distill(tiny_run, tmp_path / "a", method, steps=6, **kw)
+    distill(tiny_run, tmp_path / "b", method, steps=4, **kw)
+    if method == "progressive":
+        assert (tmp_path / "b" / "round_teacher.safetensors").is_file()
+    distill(None, tmp_path / "b", steps=6, resume=True, progress=False)
+    (sa, ma, ea), (sb, mb, eb) = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert sa == sb == 6
+    assert all(torch.equal(ma[k], mb[k]) for k in ma) and all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+def test_student_starts_as_the_teacher_and_samples_by_default(tiny_run, tmp_path):
+    """A consistency student is an ordinary run: its config records method, teacher and sampler; before any
+    update it holds the teacher's weights; api.sample uses its few-step sampler, f(x, σ_min) = x, and sample i
+    depends only on (seed, i) through the driver."""
+    import undiffuse.api as api
+    from undiffuse.training.distill import distill
+
+    teacher = api.load(tiny_run)
+    distill(tiny_run, tmp_path / "s", "consistency", target_steps=2, steps=1,
+            overrides=[*FP32, "train.lr=1e-12"], progress=False)  # fmt: skip
+    student = api.load(tmp_path / "s")
+    cfg = student.config
+    assert (cfg.distill.method, cfg.sample.sampler, cfg.sample.steps) == ("consistency", "consistency", 2)
+    assert cfg.distill.teacher == str(tiny_run.resolve()) and cfg.diffusion.parameterization == "v"  # ε teacher
+    t, s = teacher.denoiser.net.state_dict(), student.denoiser.net.state_dict()
+    assert all(torch.allclose(t[k], s[k], atol=1e-6) for k in t)
+    x = torch.randn(3, *student.data.shape)
+    sigma_min = float(student.schedule.sigmas[0])
+    assert torch.equal(student.denoiser(x, torch.full((3,), sigma_min)), x)
+    info: dict = {}
+    batch = api.sample(student, 5, seed=3, info=info)
+    assert (info["sampler"], info["steps"], info["nfe"]) == ("consistency", 2, 2)
+    alone = api.sample(student, 1, seed=3, indices=[4], batch_size=1)
+    torch.testing.assert_close(alone, batch[4:5], rtol=1e-5, atol=1e-5)
+
+
+def test_progressive_student_samples_ddim_on_its_grid_and_cli(tiny_run, tmp_path, capsys):
+    """`undiffuse distill … --method progressive` makes a student that `undiffuse sample` samples with DDIM
+    in target_steps steps on the distillation grid; one-line errors for a bad --start-steps and for --resume
+    on an ordinary run."""
+    from undiffuse.cli.main import main
+
+    out = tmp_path / "p"
+    args = ["distill", str(tiny_run), "--out", str(out), "--method", "progressive", "--target-steps", "2",
+            "--start-steps", "8", "--steps", "4", "--quiet"]  # fmt: skip
+    for s in FP32:
+        args += ["--set", s]
+    assert main(args) == 0
+    assert main(["sample", str(out), "--n", "4", "--out", str(tmp_path / "x.npy"), "--quiet"]) == 0
+    assert "sampler ddim, 2 steps, 2 network evaluations" in capsys.readouterr().out
+    import undiffuse.api as api
+
+    assert api.resolve_sampling(api.load(out)) == ("ddim", 2, "trailing")
+    assert api.resolve_sampling(api.load(out), "unipc") == ("unipc", 2, None)  # another sampler: its own grid
+    assert main(["distill", str(tiny_run), "--out", str(tmp_path / "q"), "--method", "progressive",
+                 "--target-steps", "3", "--start-steps", "8"]) == 2  # fmt: skip
+    assert "power of 2" in capsys.readouterr().err
+    copy = tmp_path / "plain"
+    shutil.copytree(tiny_run, copy)
+    assert main(["distill", "--out", str(copy), "--resume"]) == 2
+    assert "not a distilled student" in capsys.readouterr().err
