@@ -24,7 +24,9 @@ function fill(select, items, keep) {
 function pickModel(name) {
   current = models.find((m) => m.name === name);
   const m = current, names = m.samplers.map((s) => [s.name, s.name]);
+  const first = !$("#sampler").options.length;
   fill($("#sampler"), names, true);
+  if (first && names.some(([v]) => v === "ddim")) $("#sampler").value = "ddim";
   fill($("#cmp-a"), names, true); fill($("#cmp-b"), names, true);
   if (!$("#cmp-b").dataset.set) { $("#cmp-a").value = "ddim"; $("#cmp-b").value = "dpmpp_2m"; $("#cmp-b").dataset.set = 1; }
   fill($("#format"), m.formats.map((f) => [f, f]), true);
