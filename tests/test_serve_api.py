@@ -249,3 +249,43 @@ def test_full_queue_answers_429_and_slow_requests_504(runs):
         assert "longer than 1.5 s" in got["blocker"].json()["error"]
         assert _when(lambda: c.get("/api/health").json()["running_rows"] == 0, 30)  # the timed-out work was dropped
         assert c.sample(model="run", n=1, steps=2).status == 200
+
+
+def test_the_command_serves_until_interrupted(runs):
+    import os
+    import queue
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "undiffuse.cli.main", "serve", str(runs["image"]), str(runs["toy"]), "--port", "0", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    try:
+        url, deadline = None, time.monotonic() + 90
+        while url is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert proc.poll() is None, "the server exited"
+                continue
+            if line.startswith("serve: http://127.0.0.1:"):
+                url = line.split()[1].rstrip("/")
+        assert url is not None
+        c = Client(url)
+        assert c.get("/api/health").json()["models"] == {"run": True, "toy": True}
+        assert c.sample(model="toy", n=3, steps=2, format="npy").status == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_the_command_refuses_bad_arguments_in_one_line(runs, tmp_path, capsys):
+    assert main(["serve", str(runs["image"]), "--port", "70000"]) == 2
+    assert main(["serve", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--port 70000" in err[0] and "no run could be loaded" in err[1]

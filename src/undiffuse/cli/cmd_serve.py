@@ -51,5 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK:
         print(f"serve: listening on {args.host}: other machines can reach this server", file=sys.stderr)
     ready = lambda port: print(f"serve: http://{args.host}:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)  # noqa: E731
-    serve(create_app(catalog, limits), args.host, args.port, log_level="warning", ready=ready)
+    try:
+        serve(create_app(catalog, limits), args.host, args.port, log_level="warning", ready=ready)
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then passed the Ctrl-C on
+        pass
+    print("serve: stopped", file=sys.stderr)
     return 0
