@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
         "inversion then DDIM reconstruction, reporting the reconstruction error.",
     )  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory")
-    p.add_argument("--image", required=True, help="input image (PNG/JPEG)")
+    p.add_argument("--image", default=None, help="input image (PNG/JPEG)")
+    p.add_argument("--table", default=None, help="a CSV with the run's columns whose empty cells are imputed (table runs)")
     p.add_argument("--mask", default=None, help="mask image of the input's (or the model's) size: white = generate, black = keep")
     p.add_argument("--strength", type=float, default=None, help="SDEdit strength in [0, 1] (default 0.6; not with --mask/--invert)")
     p.add_argument("--resample", type=positive_int, default=1, help="RePaint resampling: R passes per jump (1: plain replacement)")
@@ -113,6 +114,12 @@ def run(args: argparse.Namespace) -> int:
     from undiffuse.progress import progress
     from undiffuse.schedules.grids import discrete_sigmas
 
+    if args.table is not None:  # impute a table's empty cells (undiffuse.tables)
+        from undiffuse.cli.tables import edit_table
+
+        return edit_table(args)
+    if args.image is None:
+        raise UserError("give the --image to edit (or --table HOLES.csv to impute a table run's missing cells)")
     if not args.out.lower().endswith((".png", ".jpg", ".jpeg")):
         raise UserError(f"--out {args.out} must be a .png or .jpg image")
     if not 0 <= args.eta <= 1:

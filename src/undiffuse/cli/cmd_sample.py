@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
                    help="Imagen dynamic thresholding of x̂_0 at this percentile (e.g. 0.995) instead of clipping; for high --guidance")
     p.add_argument("--lowres", default=None, help="low-resolution input image (super-resolution runs, model.sr_from)")
     p.add_argument("--gif", default=None, help="also write an animated GIF of the denoising trajectory (x̂_0 of the first 16 samples)")
-    p.add_argument("--out", required=True, help="output: grid.png, samples.npy or a directory ending in /")
+    p.add_argument("--out", required=True, help="output: grid.png, samples.npy or a directory ending in /; rows.csv for tables")
     add_device(p)
     add_threads(p)
     p.set_defaults(func=run)
@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown sampler {args.sampler!r} — choose one of {', '.join(api.sampler_names())}")
     model = api.load(args.run_dir, args.checkpoint, ema=not args.raw, device=args.device)
     check_output(args.out, model.data.kind)
+    if model.data.kind == "table":  # rows through the multinomial sampler, written as CSV
+        from undiffuse.cli.tables import sample_table
+
+        return sample_table(args, model)
     from undiffuse.sampling import resolve_sampling
 
     args.sampler, args.steps, args.spacing = resolve_sampling(model, args.sampler, args.steps, args.spacing)

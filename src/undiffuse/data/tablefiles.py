@@ -29,7 +29,7 @@ from undiffuse.data.errors import DataError
 from undiffuse.data.tables import column_types, decode_rows, encode_rows, fit_schema, is_missing
 from undiffuse.io import write_text
 
-__all__ = ["BUILTIN_TABLES", "read_csv", "read_table", "load_table", "write_csv", "table_rows", "split_rows"]
+__all__ = ["BUILTIN_TABLES", "builtin_table", "read_csv", "read_table", "load_table", "write_csv", "csv_text", "table_rows", "split_rows"]
 
 BUILTIN_TABLES = ("breast-cancer", "diabetes", "wine")
 MIN_ROWS = 10
@@ -64,7 +64,7 @@ def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
     return header, lines[1:]
 
 
-def _builtin(name: str) -> tuple[list[str], list[list[str]], str, tuple[str, ...]]:
+def builtin_table(name: str) -> tuple[list[str], list[list[str]], str, tuple[str, ...]]:
     """(header, text rows, target, forced categorical) of a scikit-learn bundled table."""
     from sklearn import datasets
 
@@ -89,7 +89,7 @@ def _cell(v: float) -> str:
 def read_table(arg: str, categorical: Sequence[str] = ()) -> tuple[list[str], list[list[str]], Optional[str], tuple]:
     """(header, rows, default target, categorical columns) of ``table:ARG``."""
     if arg in BUILTIN_TABLES:
-        header, rows, target, cats = _builtin(arg)
+        header, rows, target, cats = builtin_table(arg)
         return header, rows, target, tuple(cats) + tuple(categorical)
     if not arg.lower().endswith(".csv"):
         raise DataError(f"unknown table {arg!r} — use one of {', '.join(BUILTIN_TABLES)} or a path ending in .csv")
@@ -141,11 +141,16 @@ def load_table(arg: str, split: str, target: Optional[str] = None, categorical: 
     return Dataset(x, y, "table", f"table:{arg}", num_classes, class_names, extra={"table": schema})
 
 
+def csv_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A header and text rows as CSV text (quoted where needed)."""
+    buf = StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
 def write_csv(x: torch.Tensor, path: Path, info: Any, **_: Any) -> Path:
     """Rows [N, W] (model units) as a CSV with the training table's header, column order and types."""
     schema = info.extra["table"]
-    buf = StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([c["name"] for c in schema["columns"]])
-    w.writerows(decode_rows(schema, x))
-    return write_text(path, buf.getvalue())
+    return write_text(path, csv_text([c["name"] for c in schema["columns"]], decode_rows(schema, x)))

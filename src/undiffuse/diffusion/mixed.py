@@ -9,8 +9,10 @@ the numbers and logits for the blocks, so
 
     D(x; σ) = [c_skip·x_num + c_out·F_num,  softmax(F_block_1), …]
 
-is x̂_0 in the one-hot space: the expected one-hot vector E[x_0 | x_t] of each category. Samplers of
-this family (:func:`undiffuse.samplers.mixed.sample_multinomial`) read the blocks as probabilities.
+with, per block, the x̂_0 of Hoogeboom et al.'s p_θ(x_{t−1} | x_t) = C(θ_post(x_t, x̂_0)), a probability
+vector learned through the KL below (the exact reverse step has x̂_0 ∝ p(x_0 | x_t)/q(x_t | x_0), not
+E[x_0 | x_t]). Samplers of this family (:func:`undiffuse.samplers.mixed.sample_multinomial`) read the
+blocks as such probabilities.
 
 The training loss per example is TabDDPM's L = L_simple(numeric) + (1/C)·Σ_j KL_j (Eq. 4 of TabDDPM;
 the KL is that of :mod:`undiffuse.diffusion.multinomial`); missing cells (NaN in x_0) add nothing.

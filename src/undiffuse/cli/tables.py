@@ -1,0 +1,86 @@
+"""The table branches of ``undiffuse sample``, ``edit`` and ``eval`` (runs trained on ``table:`` data):
+rows through :mod:`undiffuse.tables`, written as CSV by the table kind's writer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from undiffuse.errors import UserError
+
+__all__ = ["is_table_run", "sample_table", "edit_table", "eval_table"]
+
+
+def is_table_run(run_dir: str) -> bool:
+    """Whether RUN_DIR was trained on ``table:`` data (from its config.json, without loading weights)."""
+    try:
+        cfg = json.loads((Path(run_dir) / "config.json").read_text()[: 1 << 20])
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and str(cfg.get("data", {}).get("name", "")).startswith("table:")
+
+
+def _sampler(args: argparse.Namespace) -> int:
+    """The steps of the multinomial sampler (refusing another sampler or options it does not take)."""
+    from undiffuse.tables import TABLE_STEPS
+
+    if getattr(args, "sampler", None) not in (None, "ddim", "multinomial"):
+        raise UserError(f"tables are sampled with the multinomial sampler (TabDDPM), not {args.sampler} — drop --sampler")
+    for flag in ("eta", "guidance", "threshold", "prompt", "lowres", "gif", "spacing"):
+        if getattr(args, flag, None) not in (None, False):
+            raise UserError(f"--{flag} does not apply to table runs — drop it")
+    return args.steps if args.steps not in (None, 50) else TABLE_STEPS
+
+
+def sample_table(args: argparse.Namespace, model) -> int:
+    """``undiffuse sample RUN --n N --seed S --out rows.csv`` for a table run."""
+    from undiffuse.data.kinds import save_samples
+    from undiffuse.tables import sample_rows
+
+    steps = _sampler(args)
+    x = sample_rows(model, args.n, args.seed, steps, args.class_label, batch_size=max(args.batch_size, 1))
+    save_samples(x, args.out, model.data)
+    print(f"wrote {args.n} rows to {args.out}: multinomial sampler (TabDDPM), {steps} steps")
+    return 0
+
+
+def edit_table(args: argparse.Namespace) -> int:
+    """``undiffuse edit RUN --table holes.csv --out filled.csv``: impute the empty cells."""
+    import undiffuse.api as api
+    from undiffuse.data.tablefiles import csv_text, read_csv
+    from undiffuse.io import write_text
+    from undiffuse.tables import impute_rows
+
+    if not args.out.lower().endswith(".csv"):
+        raise UserError(f"--out {args.out} must be a .csv file (the filled table)")
+    for flag in ("image", "mask", "strength", "prompt", "guidance"):
+        if getattr(args, flag, None) is not None:
+            raise UserError(f"--{flag} is for images; --table imputes the empty cells of a table — drop it")
+    model = api.load(args.run_dir, args.checkpoint, ema=not args.raw, device=args.device)
+    if model.data.kind != "table":
+        raise UserError(f"--table needs a run trained on table: data, and {args.run_dir} models {model.data.name}")
+    header, rows = read_csv(args.table)
+    filled = impute_rows(model, header, rows, args.seed, _sampler(args))
+    write_text(args.out, csv_text(header, filled))
+    holes = sum(1 for r in rows for c in r if not c.strip())
+    print(f"wrote {args.out}: {len(rows)} rows, their missing cells imputed ({holes} empty cells)")
+    return 0
+
+
+def eval_table(args: argparse.Namespace, run_dir: Path) -> int:
+    """``undiffuse eval RUN`` for a table run: RUN/eval.json and RUN/eval.md (or --out PREFIX)."""
+    from undiffuse.evaluation.table_report import evaluate_table_run, table_markdown
+    from undiffuse.io import write_json, write_text
+    from undiffuse.tables import TABLE_STEPS
+
+    steps = args.steps if args.steps not in (None, 50) else TABLE_STEPS
+    n = args.n if args.n != 2500 else None  # the image/toy default: tables use the training split's size
+    report = evaluate_table_run(run_dir, args.seed, steps, n, args.device)
+    prefix = args.out or str(run_dir / "eval")
+    write_json(prefix + ".json", report)
+    md = f"# Evaluation of {run_dir} ({report['data']}, step {report['step']})\n\n" + table_markdown(report)
+    write_text(prefix + ".md", md)
+    print(md)
+    print(f"wrote {prefix}.json and {prefix}.md")
+    return 0
