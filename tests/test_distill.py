@@ -159,8 +159,8 @@ def test_distill_resume_is_exact(tiny_run, tmp_path, method):
 
 def test_student_starts_as_the_teacher_and_samples_by_default(tiny_run, tmp_path):
     """A consistency student is an ordinary run: its config records method, teacher and sampler; before any
-    update it holds the teacher's weights; api.sample uses its few-step sampler, f(x, σ_min) = x, and sample i
-    depends only on (seed, i) through the driver."""
+    update it holds the teacher's weights; api.sample (and the server) use its few-step sampler, f(x, σ_min) = x,
+    and sample i depends only on (seed, i) through the driver."""
     import undiffuse.api as api
     from undiffuse.training.distill import distill
 
@@ -181,6 +181,14 @@ def test_student_starts_as_the_teacher_and_samples_by_default(tiny_run, tmp_path
     assert (info["sampler"], info["steps"], info["nfe"]) == ("consistency", 2, 2)
     alone = api.sample(student, 1, seed=3, indices=[4], batch_size=1)
     torch.testing.assert_close(alone, batch[4:5], rtol=1e-5, atol=1e-5)
+    pytest.importorskip("pydantic")
+    from undiffuse.serve.catalog import Catalog
+    from undiffuse.serve.limits import Limits
+    from undiffuse.serve.requests import SampleBody, sample_work
+
+    catalog = Catalog([tmp_path / "s"])
+    work, _ = sample_work(SampleBody(model=next(iter(catalog.entries)), n=2), catalog, Limits())
+    assert (work.sampler, work.steps) == ("consistency", 2)  # the server samples a student its own way too
 
 
 def test_progressive_student_samples_ddim_on_its_grid_and_cli(tiny_run, tmp_path, capsys):

@@ -29,8 +29,9 @@ class SampleBody(BaseModel):
     model: str = Field(description="a name of GET /api/models")
     n: int = Field(16, description="number of samples (at most the server's max_n)")
     seed: int = Field(0, description="sample i depends only on (seed, i)")
-    sampler: str = Field("ddim", description="a sampler of GET /api/models")
-    steps: int = Field(50, description="sampler steps")
+    sampler: Optional[str] = Field(None, description="a sampler of GET /api/models (default: the run's own — ddim, "
+                                   "or a distilled student's few-step sampler)")
+    steps: Optional[int] = Field(None, description="sampler steps (default: the run's own, 50 for ddim)")
     eta: Optional[float] = Field(None, description="η in [0, 1] for ddim and euler_ancestral")
     guidance: Optional[float] = Field(None, description="classifier-free guidance scale w (conditional runs)")
     class_label: Optional[int] = Field(None, alias="class", description="class label (class-conditional runs)")
@@ -75,6 +76,10 @@ def sample_work(body: SampleBody, catalog: Catalog, limits: Limits) -> tuple[Sam
     model = catalog.model(body.model)
     if not 1 <= body.n <= limits.max_n:
         raise ServeError(f"n {body.n} is out of range — ask for 1 to {limits.max_n} samples per request")
+    from undiffuse.sampling import resolve_sampling
+
+    resolved = resolve_sampling(model, body.sampler, body.steps, body.spacing)  # the run's own defaults
+    body = body.model_copy(update=dict(zip(("sampler", "steps", "spacing"), resolved)))
     _check_common(model, body.sampler, body.steps, limits)
     _check_eta(body.eta, body.sampler)
     fmt = check_format(body.format, model.data.kind)
