@@ -84,7 +84,8 @@ class SamplerSpec:
     """One sampler: its function, the options it declares (name → default), whether it reads a learned
     Σ_θ, the σ grid it uses by default (:func:`undiffuse.schedules.grids.make_sigmas` names), and what its
     callable must be: ``model="denoiser"`` D(x; σ) = E[x_0|x], or ``"consistency"`` a consistency function
-    f_θ(x, σ), the origin of x's probability-flow ODE trajectory (Song et al. 2023; a distilled student)."""
+    f_θ(x, σ), the origin of x's probability-flow ODE trajectory (Song et al. 2023; a distilled student), or
+    ``"mixed"`` a denoiser of rows of numbers then one-hot blocks (tables: :mod:`undiffuse.diffusion.mixed`)."""
 
     fn: Callable
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -107,7 +108,7 @@ SPECS: dict[str, SamplerSpec] = {
     "dpmpp_3m": SamplerSpec(sample_dpmpp_3m, {"lower_order_final": True}, grid="trailing"),
     "unipc": SamplerSpec(sample_unipc, {"order": 2, "corrector": True, "lower_order_final": True}, grid="trailing"),
     # mixed rows (the "mixed" process of tables): categories = the one-hot block sizes; trailing starts at t = T
-    "multinomial": SamplerSpec(sample_multinomial, {"categories": ()}, grid="trailing"),
+    "multinomial": SamplerSpec(sample_multinomial, {"categories": ()}, grid="trailing", model="mixed"),
     # for consistency models (a distilled student's f_θ): trailing starts at σ_T, the σ the student was trained at
     "consistency": SamplerSpec(sample_consistency, {"sigma_min": 0.0}, grid="trailing", model="consistency"),
 }
