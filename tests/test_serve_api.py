@@ -161,6 +161,18 @@ def test_a_client_that_hangs_up_mid_stream_cancels_its_work(server):
     assert ok.status == 200 and took < 30
 
 
+def test_a_client_that_hangs_up_before_its_answer_cancels_its_work(server):
+    before = server.get("/api/health").json()["stats"]["cancelled"]
+    conn = server.connection()
+    conn.request("POST", "/api/sample", body=json.dumps({"model": "run", "n": 32, "steps": 250}).encode(),
+                 headers={"Content-Type": "application/json"})  # fmt: skip
+    assert _when(lambda: server.get("/api/health").json()["running_rows"] == 32, 30)
+    conn.sock.shutdown(2)  # hang up without reading the answer
+    conn.close()
+    assert _when(lambda: server.get("/api/health").json()["stats"]["cancelled"] > before, 30)
+    assert _when(lambda: server.get("/api/health").json()["running_rows"] == 0, 30)
+
+
 def _png(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
