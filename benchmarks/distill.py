@@ -1,21 +1,23 @@
 """Few-step students by distillation (issue 15): quality at 1, 2 and 4 steps beside the teacher, and the cost.
 
-    python benchmarks/distill.py toy    --teacher RUNS/toy25 --work /tmp/distill-bench [--steps 1500]
-    python benchmarks/distill.py fmnist --teacher RUNS/fmnist --work /tmp/distill-bench [--steps 600] [--n 2000]
+    python benchmarks/distill.py toy    --teacher RUNS/toy25 --work DIR [--steps 3000] [--start-steps 64]
+    python benchmarks/distill.py fmnist --teacher RUNS/fmnist --work DIR [--steps 600] [--n 2000] [--start-steps 16]
+    python benchmarks/distill.py fmnist --table      # the markdown table of the saved results
 
 For each method (``progressive``, ``consistency``) one student is distilled from the teacher with
 :func:`undiffuse.training.distill.distill` on one thread, timed in CPU-seconds (``time.process_time``):
 
-- progressive: one run with ``--target-steps 1 --start-steps 64`` (rounds 32, 16, 8, 4, 2, 1, each
-  ``steps/6`` optimizer steps); its checkpoints at the end of the 4-, 2- and 1-step rounds are the 4-, 2- and
-  1-step students (DDIM on the student grid); the CPU cost of a row is the cost up to that round;
+- progressive: one run with ``--target-steps 1 --start-steps S`` (rounds S/2, S/4, …, 1, each ``steps/rounds``
+  optimizer steps); its checkpoints at the end of the 4-, 2- and 1-step rounds are the 4-, 2- and 1-step
+  students (DDIM on the student grid); the CPU cost of a row is the cost up to that round;
 - consistency: one run; the same student samples with 1, 2 and 4 steps of multistep consistency sampling.
 
 Quality: the 25-Gaussian toy — modes covered and the high-quality share (within 3σ of a mode) of 2,500
 samples (the VEEGAN/PacGAN protocol, :mod:`undiffuse.evaluation.modes`); Fashion-MNIST — the classifier
 Fréchet distance of ``undiffuse eval`` (:func:`undiffuse.evaluation.report.classifier_fd_to`, test split) of
-``--n`` samples. Teacher rows: DDIM 50 steps, unipc and dpmpp_2m at 10 and 5 steps (default grids), and the
-teacher's own 1/2/4-step samples. The teacher's training cost: its log.jsonl (wall seconds of the logged steps)
+``--n`` samples. Teacher rows: DDIM 50 steps, unipc and dpmpp_2m at 10 and 5 steps (default grids), and unipc
+at the students' 4, 2 and 1 steps. Methods and the teacher may be measured in separate processes (``--methods
+none``, ``--no-teacher``): their rows merge. The teacher's training cost: its log.jsonl (wall seconds of the logged steps)
 and, comparable to the distillation's CPU-seconds, 10 of its training steps timed on one thread, scaled to its
 step count. Results merge into benchmarks/results/distill.json (a key per dataset); the Fashion-MNIST
 teacher rows also go to benchmarks/results/default_run_fd.json.
@@ -32,7 +34,6 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 STEPS = (1, 2, 4)
-PD_ROUNDS = (32, 16, 8, 4, 2, 1)  # --start-steps 64 down to --target-steps 1
 
 
 def _load_json(path: Path) -> dict:
@@ -74,35 +75,38 @@ def _row(model, score, n: int, sampler=None, steps=None, **extra) -> dict:
 
 
 def teacher_rows(teacher: str, score, n: int) -> list[dict]:
+    """DDIM 50; unipc at 10, 5, 4, 2, 1 steps; dpmpp_2m at 10 and 5 (each on its default grid)."""
     import undiffuse.api as api
 
     model = api.load(teacher)
     rows = [_row(model, score, n, "ddim", 50, who="teacher")]
-    for sampler in ("unipc", "dpmpp_2m"):
-        rows += [_row(model, score, n, sampler, k, who="teacher") for k in (10, 5, *STEPS[::-1])]
-    return rows
+    rows += [_row(model, score, n, "unipc", k, who="teacher") for k in (10, 5, *STEPS[::-1])]
+    return rows + [_row(model, score, n, "dpmpp_2m", k, who="teacher") for k in (10, 5)]
 
 
-def _distill_timed(teacher: str, out: Path, method: str, steps: int, overrides: list[str]) -> float:
+def _distill_timed(teacher: str, out: Path, method: str, steps: int, start: int, overrides: list[str]) -> float:
     from undiffuse.training.distill import distill
 
     c0 = time.process_time()
-    kw = dict(target_steps=1, start_steps=64) if method == "progressive" else dict(target_steps=1)
+    kw = dict(target_steps=1, start_steps=start) if method == "progressive" else dict(target_steps=1)
     distill(teacher, out, method, steps=steps, overrides=overrides, progress=False, **kw)
     return time.process_time() - c0
 
 
-def student_rows(teacher: str, work: Path, method: str, steps: int, score, n: int, overrides: list[str]) -> list[dict]:
+def student_rows(teacher: str, work: Path, method: str, steps: int, start: int, score, n: int,
+                 overrides: list[str]) -> list[dict]:  # fmt: skip
     import undiffuse.api as api
+    from undiffuse.training.distill import progressive_rounds
 
     out = work / method
-    cpu = _distill_timed(teacher, out, method, steps, overrides)
+    cpu = _distill_timed(teacher, out, method, steps, start, overrides)
+    rounds = progressive_rounds(start, 1)
     rows = []
     for k in STEPS[::-1]:
         if method == "progressive":  # the checkpoint at the end of the k-step round
-            rnd = PD_ROUNDS.index(k) + 1
+            rnd = rounds.index(k) + 1
             step = rnd * api.load(out).config.distill.round_steps
-            model, cost = api.load(out, step), cpu * rnd / len(PD_ROUNDS)
+            model, cost = api.load(out, step), cpu * rnd / len(rounds)
         else:
             model, cost = api.load(out), cpu
         rows.append(_row(model, score, n, None, k, who=f"{method} student", distill_step=model.step,
@@ -155,9 +159,10 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", default=None)
     ap.add_argument("--work", default=None, help="where the student runs go (must not hold them yet)")
     ap.add_argument("--table", action="store_true", help="print the markdown table of the saved results and stop")
-    ap.add_argument("--steps", type=int, default=None, help="distillation steps per method (toy 1500, fmnist 600)")
+    ap.add_argument("--steps", type=int, default=None, help="distillation steps per method (toy 3000, fmnist 600)")
     ap.add_argument("--n", type=int, default=None, help="samples per row (toy 2500, fmnist 2000)")
-    ap.add_argument("--methods", default="progressive,consistency")
+    ap.add_argument("--methods", default="progressive,consistency", help="comma-separated; 'none' for none")
+    ap.add_argument("--start-steps", type=int, default=64, help="progressive: the teacher's DDIM steps of round 1")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="student config overrides")
     ap.add_argument("--no-teacher", action="store_true", help="skip the teacher rows and cost")
     args = ap.parse_args(argv)
@@ -171,21 +176,26 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     toy = args.dataset == "toy"
     n = args.n or (2500 if toy else 2000)
-    steps = args.steps or (1500 if toy else 600)
+    steps = args.steps or (3000 if toy else 600)
     score = _scorer(args.dataset, n)
     result = {"dataset": args.dataset, "teacher": args.teacher, "n": n, "distill_steps": steps,
-              "overrides": args.overrides, "load_avg_start": os.getloadavg()[0], "threads": 1}  # fmt: skip
+              "load_avg_start": os.getloadavg()[0], "threads": 1}  # fmt: skip
     if not args.no_teacher:
         result["teacher_rows"] = teacher_rows(args.teacher, score, n)
         result["teacher_training"] = teacher_cost(args.teacher)
-    result["student_rows"] = []
-    for method in args.methods.split(","):
-        result["student_rows"] += student_rows(args.teacher, Path(args.work), method, steps, score, n, args.overrides)
+    methods = [m for m in args.methods.split(",") if m and m != "none"]
+    rows = []
+    for method in methods:
+        rows += student_rows(args.teacher, Path(args.work), method, steps, args.start_steps, score, n, args.overrides)
+        result[f"{method}_settings"] = {"steps": steps, "overrides": args.overrides,
+                                        **({"start_steps": args.start_steps} if method == "progressive" else {})}
     result["load_avg_end"] = os.getloadavg()[0]
     from undiffuse.io import write_json
 
-    allr = _load_json(RESULTS / "distill.json")
-    allr[args.dataset] = {**allr.get(args.dataset, {}), **result}
+    allr = _load_json(RESULTS / "distill.json")  # merged: teacher and each method may be measured apart
+    old = allr.get(args.dataset, {})
+    keep = [r for r in old.get("student_rows", []) if r["who"].split()[0] not in methods]
+    allr[args.dataset] = {**old, **result, "student_rows": keep + rows}
     write_json(RESULTS / "distill.json", allr)
     if not toy and not args.no_teacher:
         rows = [{k: r[k] for k in ("sampler", "steps", "grid", "n", "classifier_fd", "sampling_cpu_s")}

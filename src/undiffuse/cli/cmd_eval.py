@@ -218,6 +218,9 @@ def run_nll(run_dir: Path, model, baseline: bool, args: argparse.Namespace):
     import undiffuse.api as api
     from undiffuse.progress import advance_to, progress
 
+    if model.config.distill.method:  # its D_θ learned the teacher's few-step jumps, not E[x_0 | x_t]
+        return {"bits_per_dim": None, "note": f"a {model.config.distill.method}-distilled student: its VLB is no "
+                "likelihood of its samples — evaluate the teacher's NLL"}  # fmt: skip
     x0 = api.eval_data(model, None, "test", args.nll_n)
     with progress(total=len(x0), desc="nll", unit="example") as bar:
         r = api.nll(model, x0, n_t=args.nll_nt, on_batch=advance_to(bar))

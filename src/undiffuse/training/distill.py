@@ -197,8 +197,9 @@ def student_config(
     start_steps: int = 64, overrides: Iterable[str] = (),
 ) -> RunConfig:  # fmt: skip
     """The student's run configuration: the teacher's, with the ``distill`` and ``sample`` sections set, a
-    v-prediction for an ε teacher, and training settings for distillation (no preview grids or validation,
-    a short EMA; progressive: a checkpoint at the end of every round). ``overrides`` apply last."""
+    v-prediction for an ε teacher, and training settings for distillation (half the teacher's learning rate, no
+    preview grids or validation, a short EMA; progressive: a checkpoint at the end of every round). ``overrides``
+    apply last."""
     if method not in METHODS:
         raise UserError(f"unknown distillation method {method!r} — choose one of {', '.join(METHODS)}")
     base = teacher.config
@@ -209,7 +210,7 @@ def student_config(
     sample = (SampleConfig("ddim", target_steps, d.grid) if method == "progressive"
               else SampleConfig("consistency", target_steps, None))  # fmt: skip
     param = "v" if base.diffusion.parameterization == "eps" else base.diffusion.parameterization
-    tc = replace(base.train, steps=round_steps * n_rounds if method == "progressive" else steps, lr=1e-4,
+    tc = replace(base.train, steps=round_steps * n_rounds if method == "progressive" else steps, lr=base.train.lr / 2,
                  warmup_steps=10, ema_halflife_kimg=0.5, ema_warmup=0.0, sample_every=0, val_every=0,
                  ckpt_every=round_steps or max(steps // 4, 1), keep_last=n_rounds + 1, lr_schedule="constant")  # fmt: skip
     cfg = replace(base, diffusion=replace(base.diffusion, parameterization=param, weighting=None), train=tc,
