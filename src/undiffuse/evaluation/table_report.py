@@ -3,7 +3,8 @@ real held-out rows, on every metric of :mod:`undiffuse.evaluation.tables`, as on
 
 The synthetic sets have as many rows as the training split (TabDDPM's protocol); the "real train" row
 is the reference for ML efficacy (the same model trained on the real training rows), and "real held-out"
-shows what fresh real rows score on the fidelity, privacy and detection metrics.
+shows what fresh real rows score on the fidelity and privacy metrics (its detection AUC: training rows
+against held-out rows, the chance level of this protocol at this size).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import torch
 from undiffuse.baselines.tables import gaussian_copula, smote
 from undiffuse.data import load_dataset
 from undiffuse.data.tables import categories
-from undiffuse.evaluation.tables import TableParts, efficacy, table_metrics
+from undiffuse.evaluation.tables import TableParts, detection_auc, efficacy, table_metrics
 from undiffuse.model import Model, load
-from undiffuse.tables import TABLE_STEPS, sample_rows
+from undiffuse.diffusion.multinomial import blocks
+from undiffuse.tables import TABLE_STEPS, impute, sample_rows
 
-__all__ = ["table_data", "evaluate_table_run", "table_markdown"]
+__all__ = ["table_data", "evaluate_table_run", "table_markdown", "imputation_scores"]
 
 
 def table_data(model: Model):
@@ -47,10 +49,40 @@ def evaluate_table_run(run_dir: Union[str, os.PathLike], seed: int = 0, steps: i
     rows["real held-out"] = test.x
     out = {name: table_metrics(schema, x, train.x, test.x, seed) for name, x in rows.items()}
     out["real held-out"]["efficacy"] = None  # it would be scored on its own rows
+    out["real held-out"]["detection_auc"] = detection_auc(TableParts(schema, train.x), TableParts(schema, test.x), seed)
     real = efficacy(TableParts(schema, train.x), TableParts(schema, test.x), seed)
+    imputed = imputation_scores(model, train, test, seed=seed, steps=steps)
     return {"run": str(run_dir), "data": model.data.name, "step": model.step, "seed": seed, "steps": steps,
             "n": n, "n_train": len(train), "n_test": len(test), "sample_cpu_s": sample_cpu_s,
-            "efficacy_real_train": real, "methods": out}  # fmt: skip
+            "efficacy_real_train": real, "imputation": imputed, "methods": out}  # fmt: skip
+
+
+def imputation_scores(model: Model, train, test, frac: float = 0.2, seed: int = 0, steps: int = TABLE_STEPS) -> dict:
+    """Hide a share ``frac`` of the held-out rows' cells at random (MCAR; the target too), impute them, and
+    score the filled cells against the truth: RMSE of the numbers in normal-score units and accuracy of the
+    categories, beside imputing the training mean score / most frequent category."""
+    cats = categories(model.data.extra["table"])
+    d = test.x.shape[1] - sum(cats)
+    slices = [slice(j, j + 1) for j in range(d)] + blocks(cats, d)
+    g = torch.Generator().manual_seed(seed)
+    hide = torch.rand(len(test.x), len(slices), generator=g) < frac
+    holes = test.x.clone()
+    for j, sl in enumerate(slices):
+        holes[hide[:, j], sl] = float("nan")
+    filled = impute(model, holes, seed, steps).cpu()
+    num = hide[:, :d] & ~test.x[:, :d].isnan()
+    mean = torch.nanmean(train.x[:, :d], dim=0).expand_as(test.x[:, :d])
+    rmse = lambda guess: float(((guess - test.x[:, :d])[num] ** 2).mean().sqrt()) if num.any() else None  # noqa: E731
+    out = {"frac": frac, "cells": int(hide.sum()), "rmse": rmse(filled[:, :d]), "rmse_mean": rmse(mean)}
+    right = right_mode = total = 0
+    for j, sl in enumerate(slices[d:]):
+        rows = hide[:, d + j] & ~test.x[:, sl].isnan().any(1)
+        truth = test.x[rows, sl].argmax(1)
+        mode = torch.nan_to_num(train.x[:, sl]).sum(0).argmax()
+        right += int((filled[rows, sl].argmax(1) == truth).sum())
+        right_mode, total = right_mode + int((truth == mode).sum()), total + int(rows.sum())
+    out.update(accuracy=right / total if total else None, accuracy_mode=right_mode / total if total else None)
+    return out
 
 
 def _fmt(v) -> str:
@@ -72,4 +104,9 @@ def table_markdown(report: dict) -> str:
         cells += [f"{m['dcr_p5']:.3f} ({m['dcr_holdout_p5']:.3f})", _fmt(m["share_closer_than_holdout_p5"]),
                   _fmt(m["detection_auc"])]
         lines.append("| " + " | ".join(cells) + " |")
+    imp = report.get("imputation")
+    if imp:
+        lines.append(f"\nImputation of {imp['cells']} held-out cells hidden at random ({imp['frac']:.0%}): RMSE "
+                     f"{_fmt(imp['rmse'])} (training mean: {_fmt(imp['rmse_mean'])}) in normal scores; categories "
+                     f"{_fmt(imp['accuracy'])} right (most frequent: {_fmt(imp['accuracy_mode'])}).")
     return "\n".join(lines) + "\n"
