@@ -24,13 +24,16 @@ def _train(name: str, run: Path) -> dict:
     from undiffuse.config import resolve_config
     from undiffuse.training import train
 
+    record = run / "train_time.json"
     if (run / "checkpoints").is_dir():
-        return {"reused": True}
+        return {**(json.loads(record.read_text()) if record.is_file() else {}), "reused": True}
     load = os.getloadavg()[0]
     cpu, wall = time.process_time(), time.perf_counter()
     s = train(resolve_config(f"table:{name}"), run, progress=False)
-    return {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall, "steps": s.step,
-            "loss": s.loss, "val_loss": s.val_loss, "load_1min": load}  # fmt: skip
+    out = {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall, "steps": s.step,
+           "loss": s.loss, "val_loss": s.val_loss, "load_1min": load}  # fmt: skip
+    record.write_text(json.dumps(out))
+    return out
 
 
 def _mean(reports: list, method: str, key: str):
@@ -61,6 +64,7 @@ def main() -> None:
         keys = [k for k in reports[0]["methods"]["diffusion"] if k != "n"]
         entry["mean"] = {m: {k: _mean(reports, m, k) for k in keys} for m in reports[0]["methods"]}
         entry["per_seed"] = [r["methods"] for r in reports]
+        entry["imputation"] = [r["imputation"] for r in reports]
         out["tables"][name] = entry
         print(name, json.dumps(entry["train"]), json.dumps(entry["mean"]["diffusion"]), flush=True)
     write_json(args.out, out)
