@@ -216,3 +216,16 @@ def test_progressive_student_samples_ddim_on_its_grid_and_cli(tiny_run, tmp_path
     shutil.copytree(tiny_run, copy)
     assert main(["distill", "--out", str(copy), "--resume"]) == 2
     assert "not a distilled student" in capsys.readouterr().err
+
+
+def test_distillation_needs_a_gaussian_process():
+    """Both methods step the PF-ODE in σ-space: a run of the tables' mixed (multinomial) process is refused."""
+    from types import SimpleNamespace
+
+    from undiffuse.errors import UserError
+    from undiffuse.training.distill import student_config
+
+    if "table" not in __import__("undiffuse.data.kinds", fromlist=["KINDS"]).KINDS:
+        pytest.skip("no table kind in this build")
+    with pytest.raises(UserError, match="Gaussian"):
+        student_config(SimpleNamespace(data=SimpleNamespace(kind="table")), "runs/t", "consistency")

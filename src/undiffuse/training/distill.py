@@ -25,6 +25,7 @@ A student is initialised with the teacher's EMA weights. An ε-prediction teache
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import replace
@@ -33,10 +34,11 @@ from typing import Iterable, Optional, Union
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from undiffuse.config import DistillConfig, RunConfig, SampleConfig, apply_overrides
+from undiffuse.data.kinds import kind_of
 from undiffuse.diffusion.precond import append_dims
 from undiffuse.errors import UserError
 from undiffuse.io import atomic_path
@@ -110,7 +112,7 @@ class ProgressiveObjective:
         net = _frozen_copy(self.ema_net)
         path = self.run_dir / ROUND_TEACHER
         if _saved_round(path) == r:  # a resumed run: the EMA of the round's first step, as saved then
-            net.load_state_dict(_read(path), strict=True)
+            net.load_state_dict(load_file(str(path)), strict=True)
         else:
             with atomic_path(path) as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, tmp,
@@ -163,8 +165,6 @@ def _copy_teacher(teacher: Model, precond: nn.Module, ema_net: nn.Module) -> Non
 
 
 def _frozen_copy(net: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(net).eval().requires_grad_(False)
 
 
@@ -173,12 +173,6 @@ def _saved_round(path: Path) -> Optional[int]:
         return None
     with safe_open(str(path), framework="pt") as f:
         return int((f.metadata() or {}).get("round", -1))
-
-
-def _read(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 def make_objective(cfg: RunConfig, run_dir: PathLike, device: Union[str, torch.device, None] = None):
@@ -202,6 +196,10 @@ def student_config(
     apply last."""
     if method not in METHODS:
         raise UserError(f"unknown distillation method {method!r} — choose one of {', '.join(METHODS)}")
+    process = kind_of(teacher.data.kind).process
+    if process != "gaussian":  # both methods step the probability-flow ODE in σ-space
+        raise UserError(f"{teacher_dir} is a {teacher.data.kind} run of the {process!r} forward process; distillation "
+                        "needs a Gaussian one (images, vectors) — distil a Gaussian-diffusion run")  # fmt: skip
     base = teacher.config
     n_rounds = len(progressive_rounds(start_steps, target_steps)) if method == "progressive" else 1
     round_steps = math.ceil(steps / n_rounds) if method == "progressive" else 0
