@@ -100,10 +100,12 @@ def run(args: argparse.Namespace) -> int:
     if not is_run and not target.is_dir() and target.suffix != ".npy":
         raise UserError(f"{target} is neither a run directory, a folder of images nor a .npy file")
     if is_run:
-        from undiffuse.cli.tables import eval_table, is_table_run
+        from undiffuse.cli.tables import eval_series, eval_table, is_table_run, run_data_name
 
         if is_table_run(str(target)):  # the table protocol: fidelity, ML efficacy, privacy, detection
             return eval_table(args, target)
+        if run_data_name(str(target)).startswith("series:"):  # stylised facts beside GARCH(1,1)-t
+            return eval_series(args, target)
         result = evaluate_run(target, args)
         if result is None:  # a non-zero rank under torchrun
             return 0

@@ -1,5 +1,6 @@
 """The table branches of ``undiffuse sample``, ``edit`` and ``eval`` (runs trained on ``table:`` data):
-rows through :mod:`undiffuse.tables`, written as CSV by the table kind's writer."""
+rows through :mod:`undiffuse.tables`, written as CSV by the table kind's writer; and ``eval`` of ``series:``
+runs (stylised facts beside GARCH-t)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,12 @@ from pathlib import Path
 
 from undiffuse.errors import UserError
 
-__all__ = ["is_table_run", "sample_table", "edit_table", "eval_table"]
+__all__ = ["is_table_run", "run_data_name", "sample_table", "edit_table", "eval_table", "eval_series"]
 
 
 def is_table_run(run_dir: str) -> bool:
-    """Whether RUN_DIR was trained on ``table:`` data (from its config.json, without loading weights)."""
-    try:
-        cfg = json.loads((Path(run_dir) / "config.json").read_text()[: 1 << 20])
-    except (OSError, ValueError):
-        return False
-    return isinstance(cfg, dict) and str(cfg.get("data", {}).get("name", "")).startswith("table:")
+    """Whether RUN_DIR was trained on ``table:`` data."""
+    return run_data_name(run_dir).startswith("table:")
 
 
 def _sampler(args: argparse.Namespace) -> int:
@@ -80,6 +77,31 @@ def eval_table(args: argparse.Namespace, run_dir: Path) -> int:
     prefix = args.out or str(run_dir / "eval")
     write_json(prefix + ".json", report)
     md = f"# Evaluation of {run_dir} ({report['data']}, step {report['step']})\n\n" + table_markdown(report)
+    write_text(prefix + ".md", md)
+    print(md)
+    print(f"wrote {prefix}.json and {prefix}.md")
+    return 0
+
+
+def run_data_name(run_dir: str) -> str:
+    """The data spec of RUN_DIR (from its config.json, without loading weights; "" if unreadable)."""
+    try:
+        cfg = json.loads((Path(run_dir) / "config.json").read_text()[: 1 << 20])
+    except (OSError, ValueError):
+        return ""
+    return str(cfg.get("data", {}).get("name", "")) if isinstance(cfg, dict) else ""
+
+
+def eval_series(args: argparse.Namespace, run_dir: Path) -> int:
+    """``undiffuse eval RUN`` for a series run: stylised facts and discriminative scores beside GARCH-t."""
+    from undiffuse.evaluation.series_report import evaluate_series_run, series_markdown
+    from undiffuse.io import write_json, write_text
+
+    n = args.n if args.n != 2500 else 500
+    report = evaluate_series_run(run_dir, n, args.seed, args.sampler or "ddpm", args.steps or 100, args.device)
+    prefix = args.out or str(run_dir / "eval")
+    write_json(prefix + ".json", report)
+    md = f"# Evaluation of {run_dir} ({report['data']}, step {report['step']})\n\n" + series_markdown(report)
     write_text(prefix + ".md", md)
     print(md)
     print(f"wrote {prefix}.json and {prefix}.md")

@@ -10,6 +10,7 @@
 | ``patches:PATH`` | ``data.patches_per_image`` fixed patches of ``data.patch_size`` px per image (a file or a folder); test = a centred strip of each image | – | if all 8-bit |
 | ``medical`` / ``medical:NAME`` | patches of scikit-image's bundled retina.jpg, ihc.png, microaneurysms.png (NAME: retina, ihc, microaneurysms) | – | yes |
 | ``toy:NAME`` | 2-D toy, NAME in 25gaussians, 8gaussians, moons, swissroll | mixtures: K | – |
+| ``series:NAME`` / ``series:PATH.csv`` | windows of S&P 500 / NASDAQ log-returns (arch), US macro data (statsmodels) or a CSV (:mod:`undiffuse.data.series`) | – | – |
 | ``table:NAME`` / ``table:PATH.csv`` | rows of scikit-learn's breast-cancer, diabetes, wine or a CSV (:mod:`undiffuse.data.tablefiles`) | a categorical ``data.target`` | – |
 
 Nothing is downloaded. ``discrete_8bit`` says the values lie on the 256-level grid u/127.5 − 1, which
@@ -153,6 +154,12 @@ def _table(arg: str, split: str, target: Optional[str] = None, categorical: Opti
     return load_table(arg, split, target, categorical)
 
 
+def _series(arg: str, split: str, window: Optional[int] = None) -> Dataset:
+    from undiffuse.data.series import load_series
+
+    return load_series(arg, split, window)
+
+
 def _toy(arg: str, split: str) -> Dataset:
     x, y = load_toy(arg, split)
     num_classes = None if y is None else int(len(toy_modes(arg)[0]) if arg != "moons" else 2)
@@ -186,6 +193,7 @@ SOURCES: dict[str, Source] = {
     "medical": Source("medical[:NAME]", "image", _patches("medical"), "optional"),
     "toy": Source("toy:NAME", "vector", _toy, "required", tuple(sorted(TOYS))),
     "table": Source("table:breast-cancer|diabetes|wine|PATH.csv", "table", _table, "required"),
+    "series": Source("series:sp500|nasdaq|macro|PATH.csv", "series", _series, "required"),
 }
 DATASET_SPECS = tuple(s.form for s in SOURCES.values() if not s.choices) + tuple(
     f"{p}:{c}" for p, s in SOURCES.items() for c in s.choices)

@@ -121,6 +121,17 @@ def _table_csv(x: torch.Tensor, path: Path, info: Any, **kw: Any) -> Path:
     return write_csv(x, path, info, **kw)
 
 
+def _series(fmt: str) -> Writer:
+    """The writer of windows as .npy [N, L, C], a .csv of blocks or a .png of paths (undiffuse.data.series)."""
+
+    def write(x: torch.Tensor, path: Path, info: Any, **kw: Any) -> Path:
+        from undiffuse.data import series
+
+        return getattr(series, f"write_series_{fmt}")(x, path, info, **kw)
+
+    return write
+
+
 _GRID = {".png": _image_grid, ".jpg": _image_grid, ".jpeg": _image_grid}
 
 #: The registry of kinds. A new kind of data is one entry here (plus its datasets and, if new, network).
@@ -130,6 +141,8 @@ KINDS: dict[str, DataKind] = {
     "vector": DataKind("vector", "mlp", "toy",
                        {".png": _vector_scatter, ".jpg": _vector_scatter, ".npy": _vector_npy},
                        ("modes", "precision_recall", "nll"), describe="[D] in data units"),  # fmt: skip
+    "series": DataKind("series", "mlp", "series", {".npy": _series("npy"), ".csv": _series("csv"), ".png": _series("png")},
+                       ("stylised_facts", "discriminative"), describe="[L·C] standardised windows"),  # fmt: skip
     "table": DataKind("table", "mlp", "table", {".csv": _table_csv}, ("columns", "efficacy", "privacy", "detection"),
                       process="mixed", describe="[W]: quantile-normal numbers, one-hot categories"),  # fmt: skip
 }
