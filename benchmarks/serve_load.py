@@ -6,7 +6,8 @@
 The server is the real command (``undiffuse serve RUN --port 0 --threads 1``) in its own process; the clients
 are threads of this one, each sending its requests one after another (POST /api/sample, PNG answers, all with
 the same settings and their own seeds). Without ``--run`` the network is the default run's (preset ``fmnist``,
-UNet 1.6 M parameters, 28×28×1) after one training step: the speed of a pass does not depend on the weights.
+UNet 1.6 M parameters, 28×28×1) after one training step: the speed of a pass does not depend on the weights;
+``--preset digits-tiny`` takes a tiny UNet on 8×8 digits instead, where a call costs mostly overhead.
 
 Phases, each against a fresh server:
 - ``sequential``: one client, ``--clients`` requests one after another (the baseline: nothing to share);
@@ -38,15 +39,17 @@ from undiffuse.serve.client import Client
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def default_run(root: Path) -> Path:
-    """The default run's network after one training step (Fashion-MNIST, 256 images)."""
-    from undiffuse.config import apply_overrides, resolve_config
+def default_run(root: Path, preset: str = "fmnist") -> Path:
+    """A run of ``preset`` after one training step on 256 images: ``fmnist`` (the default run's network, Fashion-MNIST)
+    or ``digits-tiny`` (a tiny UNet on 8×8 digits, where the cost of a call is mostly overhead)."""
+    from undiffuse.config import apply_overrides, get_preset, resolve_config
     from undiffuse.training import train
 
-    cfg = apply_overrides(resolve_config(None, None, []), ["data.limit=256", "train.ckpt_every=0", "train.val_every=0",
-                                                           "train.sample_every=0", "train.batch_size=16"])  # fmt: skip
-    train(cfg, root / "fmnist", steps=1, progress=False)
-    return root / "fmnist"
+    base = resolve_config(None, None, []) if preset == "fmnist" else get_preset(preset)
+    cfg = apply_overrides(base, ["data.limit=256", "train.ckpt_every=0", "train.val_every=0", "train.sample_every=0",
+                                 "train.batch_size=16"])  # fmt: skip
+    train(cfg, root / preset, steps=1, progress=False)
+    return root / preset
 
 
 class Server:
@@ -159,7 +162,8 @@ def phase(run: Path, name: str, clients: int, requests: int, body: dict, server_
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, default=None, help="a run directory (default: the default run's network, 1 step)")
+    p.add_argument("--run", type=Path, default=None, help="a run directory (default: --preset's network after 1 step)")
+    p.add_argument("--preset", default="fmnist", choices=("fmnist", "digits-tiny"), help="the network when no --run")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--requests", type=int, default=3, help="requests per client")
     p.add_argument("--n", type=int, default=2, help="samples per request")
@@ -171,14 +175,14 @@ def main(argv=None) -> dict:
     if not (1 <= args.clients <= 256 and 1 <= args.requests <= 100):
         p.error("--clients must be in 1..256 and --requests in 1..100 (a bounded test)")
     with tempfile.TemporaryDirectory() as tmp:
-        run = args.run or default_run(Path(tmp))
+        run = args.run or default_run(Path(tmp), args.preset)
         body = {"model": run.resolve().name, "n": args.n, "steps": args.steps, "sampler": args.sampler}
         common = ["--queue", str(args.queue), "--max-n", str(args.n)]
         phases = [phase(run, "sequential", 1, args.clients, body, common),
                   phase(run, "concurrent", args.clients, args.requests, body, [*common, "--max-batch", "256"]),
                   phase(run, "concurrent_unbatched", args.clients, args.requests, body, [*common, "--max-batch", str(args.n)])]
     by = {ph["phase"]: ph for ph in phases}
-    result = {"settings": {**vars(args), "run": str(args.run or "default network, 1 step"), "out": str(args.out)},
+    result = {"settings": {**vars(args), "run": str(args.run or f"{args.preset} network, 1 step"), "out": str(args.out)},
               "machine": {"cpus": os.cpu_count(), "torch_threads_server": 1}, "phases": phases,
               "throughput_vs_sequential": by["concurrent"]["samples_per_s"] / by["sequential"]["samples_per_s"],
               "dynamic_batching_speedup": by["concurrent"]["samples_per_s"] / by["concurrent_unbatched"]["samples_per_s"]}  # fmt: skip

@@ -41,6 +41,21 @@ class Exploding(torch.nn.Module):
         raise RuntimeError("the network exploded")
 
 
+class Slow(torch.nn.Module):
+    """The run's denoiser, 20 ms slower per call: keeps the worker busy for a known time without using the CPU."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        time.sleep(0.02)
+        return self.inner(*args, **kwargs)
+
+
+SLOW = {"model": "slow", "n": 1, "steps": 250}  # at least 5 s of work
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_run) -> dict:
     from undiffuse.config import apply_overrides, get_preset
@@ -56,12 +71,14 @@ def runs(tmp_path_factory, tiny_run) -> dict:
     return {"image": tiny_run, "toy": toy, "broken": broken}
 
 
-def _catalog(runs) -> Catalog:
+def _catalog(runs, *names: str) -> Catalog:
+    """The runs, and the image run again as "boom" (its network fails) and "slow" (20 ms a call)."""
     import dataclasses
 
-    cat = Catalog([runs["image"], runs["toy"], runs["broken"]], device="cpu")
+    cat = Catalog([runs[name] for name in names or ("image", "toy", "broken")], device="cpu")
     model = cat.entries["run"].model
     cat.entries["boom"] = Served("boom", runs["image"], dataclasses.replace(model, denoiser=Exploding()))
+    cat.entries["slow"] = Served("slow", runs["image"], dataclasses.replace(model, denoiser=Slow(model.denoiser)))
     return cat
 
 
@@ -73,7 +90,7 @@ def server(runs):
 
 def test_models_and_health(server):
     health = server.get("/api/health").json()
-    assert health["ok"] and health["worker_alive"] and health["models"] == {"run": True, "toy": True, "broken": False, "boom": True}
+    assert health["ok"] and health["worker_alive"] and health["models"] == {"run": True, "toy": True, "broken": False, "boom": True, "slow": True}
     models = {m["name"]: m for m in server.get("/api/models").json()}
     assert models["run"]["kind"] == "image" and models["run"]["shape"] == [1, 8, 8] and models["run"]["editable"]
     assert models["toy"]["kind"] == "vector" and "npy" in models["toy"]["formats"] and not models["toy"]["editable"]
@@ -116,16 +133,15 @@ def test_batched_requests_answer_exactly_what_they_answer_alone(server):
     alone = {seed: server.sample(**body, seed=seed) for seed in (1, 2, 3)}
     assert all(a.status == 200 and a.headers["x-undiffuse-shared-with"] == "0" for a in alone.values())
     got: dict = {}
-    blocker = threading.Thread(target=lambda: got.setdefault("blocker", server.sample(model="run", n=32, steps=250)))
-    blocker.start()  # keeps the worker busy while the three requests queue up
-    assert _when(lambda: server.get("/api/health").json()["running_rows"] == 32)
+    blocker = server.events("/api/sample/stream", json.dumps(SLOW).encode())  # busy while three requests queue up
+    assert next(e for e, _ in blocker if e == "progress")
     threads = [threading.Thread(target=lambda s=s: got.setdefault(s, server.sample(**body, seed=s))) for s in (1, 2, 3)]
     for t in threads:
         t.start()
     assert _when(lambda: server.get("/api/health").json()["queued"] == 3)
-    for t in [blocker, *threads]:
+    blocker.close()  # hang up: the worker drops it and takes the three together
+    for t in threads:
         t.join(120)
-    assert got["blocker"].status == 200
     for seed in (1, 2, 3):
         assert got[seed].headers["x-undiffuse-shared-with"] == "2"  # one network call per step for all three
         assert got[seed].body == alone[seed].body
@@ -147,8 +163,7 @@ def test_stream_sends_progress_previews_and_the_same_result(server):
 
 def test_a_client_that_hangs_up_mid_stream_cancels_its_work(server):
     before = server.get("/api/health").json()["stats"]
-    body = json.dumps({"model": "run", "n": 32, "sampler": "ddim", "steps": 250}).encode()
-    stream = server.events("/api/sample/stream", body)
+    stream = server.events("/api/sample/stream", json.dumps(SLOW).encode())
     t0 = time.monotonic()
     for event, data in stream:
         if event == "progress" and data["step"] >= 2:
@@ -164,9 +179,8 @@ def test_a_client_that_hangs_up_mid_stream_cancels_its_work(server):
 def test_a_client_that_hangs_up_before_its_answer_cancels_its_work(server):
     before = server.get("/api/health").json()["stats"]["cancelled"]
     conn = server.connection()
-    conn.request("POST", "/api/sample", body=json.dumps({"model": "run", "n": 32, "steps": 250}).encode(),
-                 headers={"Content-Type": "application/json"})  # fmt: skip
-    assert _when(lambda: server.get("/api/health").json()["running_rows"] == 32, 30)
+    conn.request("POST", "/api/sample", body=json.dumps(SLOW).encode(), headers={"Content-Type": "application/json"})
+    assert _when(lambda: server.get("/api/health").json()["running_rows"] == 1, 30)
     conn.sock.shutdown(2)  # hang up without reading the answer
     conn.close()
     assert _when(lambda: server.get("/api/health").json()["stats"]["cancelled"] > before, 30)
@@ -242,15 +256,14 @@ def test_a_failing_model_answers_500_and_the_server_goes_on(server):
 
 
 def test_full_queue_answers_429_and_slow_requests_504(runs):
-    app = create_app(Catalog([runs["image"]], device="cpu"), Limits(max_n=32, queue=2, timeout_s=1.5))
+    app = create_app(_catalog(runs, "image"), Limits(max_n=32, queue=2, timeout_s=3))
     with BackgroundServer(app) as url:
         c = Client(url)
         got: dict = {}
-        slow = {"model": "run", "n": 32, "steps": 250}
-        blocker = threading.Thread(target=lambda: got.setdefault("blocker", c.sample(**slow)))
+        blocker = threading.Thread(target=lambda: got.setdefault("blocker", c.sample(**SLOW)))
         blocker.start()
-        assert _when(lambda: c.get("/api/health").json()["running_rows"] == 32)
-        queued = [threading.Thread(target=lambda s=s: got.setdefault(s, c.sample(**slow, seed=s, sampler="ddpm"))) for s in (1, 2)]
+        assert _when(lambda: c.get("/api/health").json()["running_rows"] == 1)
+        queued = [threading.Thread(target=lambda s=s: got.setdefault(s, c.sample(**SLOW, seed=s, sampler="ddpm"))) for s in (1, 2)]
         for t in queued:
             t.start()
         assert _when(lambda: c.get("/api/health").json()["queued"] == 2)
@@ -258,7 +271,7 @@ def test_full_queue_answers_429_and_slow_requests_504(runs):
         for t in [blocker, *queued]:
             t.join(60)
         assert {got[k].status for k in ("blocker", 1, 2)} == {504}
-        assert "longer than 1.5 s" in got["blocker"].json()["error"]
+        assert "longer than 3 s" in got["blocker"].json()["error"]
         assert _when(lambda: c.get("/api/health").json()["running_rows"] == 0, 30)  # the timed-out work was dropped
         assert c.sample(model="run", n=1, steps=2).status == 200
 

@@ -1,6 +1,6 @@
 """The load test of ``undiffuse serve`` (benchmarks/serve_load.py), bounded and on the loopback: 32 clients at
 once against the real command; every request is answered 200 or 429 (then retried), memory stays bounded, the
-server stops by itself, and dynamic batching shares network calls. Slow: run with ``-m slow``."""
+server stops by itself, and dynamic batching shares network calls (about 25 s on 2 cores)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ pytest.importorskip("uvicorn")
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
 
 
-@pytest.mark.slow
 def test_32_clients_are_answered_with_bounded_memory(tiny_run, tmp_path):
     spec = importlib.util.spec_from_file_location("serve_load", BENCH)
     bench = importlib.util.module_from_spec(spec)
