@@ -151,3 +151,13 @@ def test_layout_fits_a_phone(page, tmp_path):
     assert stage["y"] >= form["y"] + form["height"] - 1  # one column: the stage under the controls
     page.save_screenshot(str(tmp_path / "serve-phone.png"))
     _viewport(page, 1280, 800)
+
+
+def test_api_reference_lists_the_endpoints(page):
+    url = page.current_url.rsplit("/", 1)[0]
+    page.get(url + "/docs")
+    _wait(page, lambda d: d.find_element("css selector", "body").get_attribute("data-ready") == "1", 30)
+    text = page.find_element("css selector", "#endpoints").text
+    for endpoint in ("/api/sample", "/api/sample/stream", "/api/edit", "/api/models", "/api/health"):
+        assert endpoint in text
+    assert "guidance" in text and "classifier-free guidance scale" in text  # the body's fields and their meaning

@@ -9,7 +9,7 @@
 | ``POST /api/sample`` | JSON :class:`~undiffuse.serve.requests.SampleBody` → the file (same bytes as ``undiffuse sample``) |
 | ``POST /api/sample/stream`` | the same body → server-sent events: progress, x̂₀ previews (PNG data URLs), result |
 | ``POST /api/edit`` (``/stream``) | multipart: ``image``, optional ``mask`` (white = generate) + fields → PNG (or events) |
-| ``GET /openapi.json`` | the schema of all of these |
+| ``GET /openapi.json``, ``GET /docs`` | the schema of all of these, and a page that lists it |
 
 Errors are JSON ``{"error": "problem — fix"}`` with a 4xx status (429: queue full, 413: too large, 504:
 timed out) or 500 for a failure inside a model, which answers that request only.
@@ -202,6 +202,10 @@ def _add_info_routes(app: FastAPI, catalog: Catalog, limits: Limits) -> None:
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:  # the API reference, read from /openapi.json by the page itself
+        return FileResponse(STATIC / "api.html", media_type="text/html")
 
 
 def create_app(catalog: Catalog, limits: Optional[Limits] = None) -> FastAPI:
