@@ -95,6 +95,9 @@ def test_models_and_health(server):
     assert models["run"]["kind"] == "image" and models["run"]["shape"] == [1, 8, 8] and models["run"]["editable"]
     assert models["toy"]["kind"] == "vector" and "npy" in models["toy"]["formats"] and not models["toy"]["editable"]
     assert not models["broken"]["ok"] and "no checkpoint" in models["broken"]["error"]
+    names = [s["name"] for s in models["run"]["samplers"]]
+    assert "dpmpp_2m" in names and "multinomial" not in names  # samplers of denoisers only, for a denoiser
+    assert (models["run"]["default_sampler"], models["run"]["default_steps"]) == ("ddim", 50)
     ddim = next(s for s in models["run"]["samplers"] if s["name"] == "ddim")
     assert ddim["options"] == {"eta": 0.0} and ddim["grid"] == "leading"
     page = server.get("/")

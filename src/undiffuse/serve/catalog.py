@@ -14,7 +14,7 @@ from undiffuse.model import Model, load
 from undiffuse.samplers import registry
 from undiffuse.serve.limits import Limits, ServeError
 
-__all__ = ["Served", "Catalog", "formats_of", "EDITABLE"]
+__all__ = ["Served", "Catalog", "formats_of", "samplers_for", "EDITABLE"]
 
 #: kinds the edit endpoint (inpainting, SDEdit) accepts
 EDITABLE = ("image",)
@@ -49,6 +49,19 @@ def _unique_names(dirs: Sequence[Path]) -> list[str]:
 def _sampler_options(name: str) -> dict:
     spec = registry.spec(name)
     return {"name": name, "grid": spec.grid, "options": {k: v for k, v in spec.options.items() if k == "eta"}}
+
+
+def _own_sampling(model: Model) -> tuple[str, int]:
+    """The run's own sampler and steps (its config's ``sample`` section; ddim, 50 for older runs)."""
+    own = getattr(model.config, "sample", None)
+    return (own.sampler, own.steps) if own is not None else ("ddim", 50)
+
+
+def samplers_for(model: Model) -> list[str]:
+    """The samplers that can drive this model: those whose callable is of the kind its own sampler takes
+    (a denoiser D(x; σ), a distilled student's consistency function, a table's mixed-row denoiser)."""
+    want = getattr(registry.spec(_own_sampling(model)[0]), "model", "denoiser")
+    return [name for name, spec in registry.SPECS.items() if getattr(spec, "model", "denoiser") == want]
 
 
 class Catalog:
@@ -95,6 +108,7 @@ class Catalog:
             "step": m.step, "T": m.schedule.T, "classes": classes, "class_names": names,
             "text": bool(getattr(cfg, "text_cond", False)), "guidance": bool(cfg.class_cond or getattr(cfg, "text_cond", False)),
             "editable": m.data.kind in EDITABLE and not getattr(cfg, "sr_from", None),
-            "samplers": [_sampler_options(s) for s in registry.SPECS], "formats": formats_of(m.data.kind),
+            "samplers": [_sampler_options(s) for s in samplers_for(m)], "formats": formats_of(m.data.kind),
+            "default_sampler": _own_sampling(m)[0], "default_steps": _own_sampling(m)[1],
             "max_n": limits.max_n, "max_steps": min(limits.max_steps, m.schedule.T),
         }  # fmt: skip

@@ -26,9 +26,12 @@ function pickModel(name) {
   const m = current, names = m.samplers.map((s) => [s.name, s.name]);
   const first = !$("#sampler").options.length;
   fill($("#sampler"), names, true);
-  if (first && names.some(([v]) => v === "ddim")) $("#sampler").value = "ddim";
+  if (first) { $("#sampler").value = m.default_sampler; $("#steps").value = Math.min(m.default_steps, m.max_steps); }
   fill($("#cmp-a"), names, true); fill($("#cmp-b"), names, true);
-  if (!$("#cmp-b").dataset.set) { $("#cmp-a").value = "ddim"; $("#cmp-b").value = "dpmpp_2m"; $("#cmp-b").dataset.set = 1; }
+  if (!$("#cmp-b").dataset.set && names.length > 1) { // the run's own sampler against another (ddim vs dpmpp_2m by default)
+    const other = names.find(([v]) => v === "dpmpp_2m" && v !== m.default_sampler) || names.find(([v]) => v !== m.default_sampler);
+    $("#cmp-a").value = m.default_sampler; $("#cmp-b").value = other[0]; $("#cmp-b").dataset.set = 1;
+  }
   fill($("#format"), m.formats.map((f) => [f, f]), true);
   const classes = m.classes ? [["", "cycle through classes"], ...m.class_names.map((c, i) => [i, `${i} · ${c}`])] : [];
   fill($("#class"), classes, true);
