@@ -188,6 +188,9 @@ def test_sample_writes_the_same_columns_order_and_types(wine_run, tmp_path):
     assert {r[-1] for r in rows} <= {"class_0", "class_1", "class_2"} and len({r[-1] for r in rows}) == 3
     again = tmp_path / "y.csv"
     assert _cli("sample", str(wine_run), "--n", "5", "--seed", "0", "--batch-size", "2", "--out", str(again), "--quiet") == 0
+    one = tmp_path / "c.csv"
+    assert _cli("sample", str(wine_run), "--n", "5", "--class", "2", "--out", str(one), "--quiet") == 0
+    assert {r[-1] for r in read_csv(str(one))[1]} == {"class_2"}
     for a, b in zip(read_csv(str(again))[1], rows[:5]):  # sample i depends only on (seed, i)
         assert a[-1] == b[-1] and [float(u) for u in a[:-1]] == pytest.approx([float(v) for v in b[:-1]], rel=1e-4)
 
