@@ -317,3 +317,21 @@ def test_the_command_refuses_bad_arguments_in_one_line(runs, tmp_path, capsys):
     assert main(["serve", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--port 70000" in err[0] and "no run could be loaded" in err[1]
+
+
+def test_a_table_run_answers_the_csv_of_the_cli(tmp_path):
+    run = tmp_path / "wine"
+    assert main(["train", "--data", "table:wine", "--out", str(run), "--steps", "3", "--quiet"]) == 0
+    with BackgroundServer(create_app(Catalog([run], device="cpu"))) as url:
+        c = Client(url)
+        m = c.get("/api/models").json()[0]
+        assert m["kind"] == "table" and m["formats"] == ["csv"] and [s["name"] for s in m["samplers"]] == ["multinomial"]
+        for extra, args in (({}, []), ({"class": 2, "steps": 20}, ["--class", "2", "--steps", "20"])):
+            answer = c.sample(model="wine", n=5, seed=1, format="csv", **extra)
+            assert answer.status == 200 and answer.headers["content-type"].startswith("text/csv"), answer.body
+            assert main(["sample", str(run), "--n", "5", "--seed", "1", *args, "--out", str(tmp_path / "r.csv"), "--quiet"]) == 0
+            assert answer.body == (tmp_path / "r.csv").read_bytes()
+        events = list(c.events("/api/sample/stream", json.dumps({"model": "wine", "n": 3, "format": "csv"}).encode()))
+        assert events[-1][0] == "result" and "preview" not in [e for e, _ in events]  # no picture of a table
+        _error(c.sample(model="wine", format="png"), 400, "csv")
+        _error(c.sample(model="wine", sampler="heun"), 400, "multinomial")

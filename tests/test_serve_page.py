@@ -62,8 +62,12 @@ def _wait(driver, predicate, seconds: float = 90.0):
 
 
 @pytest.fixture(scope="module")
-def page(tiny_run):
-    app = create_app(Catalog([tiny_run], device="cpu"), Limits(max_n=64, previews=8))
+def page(tiny_run, tmp_path_factory):
+    from undiffuse.cli.main import main
+
+    table = tmp_path_factory.mktemp("page") / "wine"
+    assert main(["train", "--data", "table:wine", "--out", str(table), "--steps", "3", "--quiet"]) == 0
+    app = create_app(Catalog([tiny_run, table], device="cpu"), Limits(max_n=64, previews=8))
     with BackgroundServer(app) as url:
         driver = _browser()
         try:
@@ -161,3 +165,19 @@ def test_api_reference_lists_the_endpoints(page):
     for endpoint in ("/api/sample", "/api/sample/stream", "/api/edit", "/api/models", "/api/health"):
         assert endpoint in text
     assert "guidance" in text and "classifier-free guidance scale" in text  # the body's fields and their meaning
+
+
+def test_a_table_model_shows_its_rows_as_a_table(page):
+    from selenium.webdriver.support.ui import Select
+
+    page.get(page.current_url.rsplit("/", 1)[0] + "/")
+    _wait(page, lambda d: d.find_element("css selector", "body").get_attribute("data-ready") == "1", 30)
+    Select(page.find_element("css selector", "#model")).select_by_value("wine")
+    assert page.find_element("css selector", "#sampler").get_attribute("value") == "multinomial"
+    assert not page.find_element("css selector", "#guidance").is_displayed()  # no guidance for tables
+    _set(page, "#n", 7)
+    page.find_element("css selector", "#go").click()
+    _wait(page, lambda d: _stage_done(d, "#stage"))
+    rows = page.find_elements("css selector", "#result-extra table tr")
+    assert len(rows) == 8 and "alcohol" in rows[0].text  # the header, then one row per sample
+    assert [a.text for a in page.find_elements("css selector", "#downloads a")] == ["download .csv"]

@@ -114,7 +114,8 @@ async def _stream(job: Job, data: Any, timeout: float, finish: Callable[[Any], d
                 yield _sse("progress", {"step": ev[1], "steps": ev[2]})
             elif ev[0] == "preview":
                 url = await asyncio.to_thread(preview_url, ev[3], data)
-                yield _sse("preview", {"step": ev[1], "steps": ev[2], "image": url})
+                if url is not None:  # a kind without a .png writer has no picture of x̂₀
+                    yield _sse("preview", {"step": ev[1], "steps": ev[2], "image": url})
         yield _sse("result", await asyncio.to_thread(finish, job.future.result()))
     except UserError as e:
         yield _sse("error", {"error": str(e), "status": getattr(e, "status", 400)})

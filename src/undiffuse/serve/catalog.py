@@ -52,7 +52,12 @@ def _sampler_options(name: str) -> dict:
 
 
 def _own_sampling(model: Model) -> tuple[str, int]:
-    """The run's own sampler and steps (its config's ``sample`` section; ddim, 50 for older runs)."""
+    """The run's own sampler and steps (its config's ``sample`` section; ddim, 50 for older runs; a table's
+    multinomial sampler)."""
+    if model.data.kind == "table":
+        from undiffuse.tables import TABLE_STEPS
+
+        return "multinomial", TABLE_STEPS
     own = getattr(model.config, "sample", None)
     return (own.sampler, own.steps) if own is not None else ("ddim", 50)
 
@@ -106,7 +111,7 @@ class Catalog:
         return {
             "name": e.name, "ok": True, "kind": m.data.kind, "data": m.data.name, "shape": list(m.data.shape),
             "step": m.step, "T": m.schedule.T, "classes": classes, "class_names": names,
-            "text": bool(getattr(cfg, "text_cond", False)), "guidance": bool(cfg.class_cond or getattr(cfg, "text_cond", False)),
+            "text": bool(getattr(cfg, "text_cond", False)), "guidance": bool(cfg.class_cond or getattr(cfg, "text_cond", False)) and m.data.kind != "table",
             "editable": m.data.kind in EDITABLE and not getattr(cfg, "sr_from", None),
             "samplers": [_sampler_options(s) for s in samplers_for(m)], "formats": formats_of(m.data.kind),
             "default_sampler": _own_sampling(m)[0], "default_steps": _own_sampling(m)[1],

@@ -17,9 +17,9 @@ from undiffuse.samplers import registry
 from undiffuse.serve.catalog import EDITABLE, Catalog
 from undiffuse.serve.limits import Limits, ServeError, TooLarge
 from undiffuse.serve.outputs import check_format
-from undiffuse.serve.work import EditWork, SampleWork
+from undiffuse.serve.work import EditWork, SampleWork, TableWork
 
-__all__ = ["SampleBody", "EditFields", "sample_work", "edit_work", "decode_image"]
+__all__ = ["SampleBody", "EditFields", "sample_work", "table_work", "edit_work", "decode_image"]
 
 
 class SampleBody(BaseModel):
@@ -76,6 +76,8 @@ def sample_work(body: SampleBody, catalog: Catalog, limits: Limits) -> tuple[Sam
     model = catalog.model(body.model)
     if not 1 <= body.n <= limits.max_n:
         raise ServeError(f"n {body.n} is out of range — ask for 1 to {limits.max_n} samples per request")
+    if model.data.kind == "table":
+        return table_work(body, model, limits)
     from undiffuse.sampling import resolve_sampling
 
     resolved = resolve_sampling(model, body.sampler, body.steps, body.spacing)  # the run's own defaults
@@ -93,6 +95,21 @@ def sample_work(body: SampleBody, catalog: Catalog, limits: Limits) -> tuple[Sam
 
         sigmas_for(model, body.sampler, body.steps, body.spacing)  # an unknown grid is refused here
     return work, fmt
+
+
+def table_work(body: SampleBody, model, limits: Limits) -> tuple[TableWork, str]:
+    """A table run's request: rows through the multinomial sampler, as ``undiffuse sample RUN --out rows.csv``."""
+    from undiffuse.tables import TABLE_STEPS
+
+    if body.sampler not in (None, "ddim", "multinomial"):
+        raise ServeError(f"tables are sampled with the multinomial sampler (TabDDPM), not {body.sampler[:40]!r} — drop sampler")
+    given = [k for k in ("eta", "guidance", "prompt", "spacing") if getattr(body, k) is not None]
+    if given:
+        raise ServeError(f"{', '.join(given)} do not apply to table runs — drop them")
+    steps = body.steps if body.steps not in (None, 50) else TABLE_STEPS  # as the CLI: 50 is the image default
+    _check_common(model, "multinomial", steps, limits)
+    fmt = check_format(body.format, model.data.kind)
+    return TableWork(model, body.n, body.seed, steps, body.class_label, limits.previews), fmt
 
 
 def decode_image(data: bytes, what: str, mode: str, limits: Limits):

@@ -12,7 +12,7 @@ import torch
 from undiffuse.model import Model
 from undiffuse.sampling import sample
 
-__all__ = ["SampleWork", "EditWork", "cat_cond"]
+__all__ = ["SampleWork", "TableWork", "EditWork", "cat_cond"]
 
 
 def cat_cond(conds: list[dict]) -> dict:
@@ -86,6 +86,37 @@ class SampleWork:
                    batch_size=len(indices), cond=cond, guidance=self.kw.get("guidance"), spacing=self.spacing,
                    callback=callback, indices=indices)  # fmt: skip
         return [x[a:b] for a, b in bounds]
+
+
+@dataclass
+class TableWork:
+    """``undiffuse sample`` of a table run: :func:`undiffuse.tables.sample_rows` (the multinomial sampler; its
+    class draws are keyed to the request's seed, so a table request runs alone)."""
+
+    model: Model
+    n: int
+    seed: int
+    steps: int
+    class_label: Optional[int] = None
+    previews: int = 8
+    key: Any = None
+
+    @property
+    def rows(self) -> int:
+        return self.n
+
+    def run(self, group: list, step: Callable[[dict], None]) -> list[torch.Tensor]:
+        from undiffuse.tables import sample_rows
+
+        every = _preview_every(self.steps, self.previews)
+
+        def callback(d: dict) -> None:
+            step(d)
+            _emit_step(group, d, self.steps, every, [(0, self.n)])
+
+        # the CLI's batch (--batch-size 256, at least n): one batch, so the same rows
+        return [sample_rows(self.model, self.n, self.seed, self.steps, self.class_label, batch_size=max(256, self.n),
+                            callback=callback)]  # fmt: skip
 
 
 @dataclass

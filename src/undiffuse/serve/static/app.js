@@ -148,7 +148,9 @@ async function generate(e) {
     if (lastUrl) URL.revokeObjectURL(lastUrl);
     lastUrl = URL.createObjectURL(blobOf(result));
     const render = RENDER[result.format];
-    if (render) await render(stageParts(fig), lastUrl, extra);
+    const parts = stageParts(fig);
+    if (!["png", "jpg", "jpeg"].includes(result.format)) { parts.img.classList.remove("shown"); parts.hint.hidden = true; }
+    if (render) await render(parts, lastUrl, extra);
     fig.querySelector("img").dataset.final = result.format;
     downloadButtons(body);
   } catch (err) { fig.dataset.state = "error"; stageParts(fig).cap.textContent = String(err.message || err); }
