@@ -32,6 +32,18 @@ def _preview_every(steps: int, previews: int) -> int:
     return max(1, math.ceil(steps / previews))
 
 
+def _progress(group: list, step: Callable[[dict], None], steps: int, previews: int,
+              rows: list[tuple[int, int]]) -> Callable[[dict], None]:  # fmt: skip
+    """The sampler callback of a group: ``step`` (the batcher's cancellation check), then its events."""
+    every = _preview_every(steps, previews)
+
+    def callback(d: dict) -> None:
+        step(d)
+        _emit_step(group, d, steps, every, rows)
+
+    return callback
+
+
 def _emit_step(group: list, d: dict, steps: int, every: int, rows: list[tuple[int, int]]) -> None:
     """Progress to every job; x̂₀ rows (or the state, where a move has none) to those that stream previews."""
     k = int(d["i"]) + 1
@@ -75,12 +87,7 @@ class SampleWork:
         for w in works:
             bounds.append((lo, lo + w.n))
             lo += w.n
-        every = _preview_every(self.steps, self.previews)
-
-        def callback(d: dict) -> None:
-            step(d)
-            _emit_step(group, d, self.steps, every, bounds)
-
+        callback = _progress(group, step, self.steps, self.previews, bounds)
         cond = cat_cond([w.kw["cond"] for w in works]) if "cond" in self.kw else None
         x = sample(self.model, len(indices), seed=seeds, sampler=self.sampler, steps=self.steps, eta=self.eta,
                    batch_size=len(indices), cond=cond, guidance=self.kw.get("guidance"), spacing=self.spacing,
@@ -108,12 +115,7 @@ class TableWork:
     def run(self, group: list, step: Callable[[dict], None]) -> list[torch.Tensor]:
         from undiffuse.tables import sample_rows
 
-        every = _preview_every(self.steps, self.previews)
-
-        def callback(d: dict) -> None:
-            step(d)
-            _emit_step(group, d, self.steps, every, [(0, self.n)])
-
+        callback = _progress(group, step, self.steps, self.previews, [(0, self.n)])
         # the CLI's batch (--batch-size 256, at least n): one batch, so the same rows
         return [sample_rows(self.model, self.n, self.seed, self.steps, self.class_label, batch_size=max(256, self.n),
                             callback=callback)]  # fmt: skip
@@ -156,13 +158,7 @@ class EditWork:
         gen = torch.Generator(device=dev).manual_seed(self.seed)  # as `undiffuse edit --seed`
         extra = {"eta": self.eta} if self.sampler == "ddim" else {}
         den = guided_denoiser(self.model, guidance=self.kw.get("guidance"))
-        total = max(1, self.moves())
-        every = _preview_every(total, self.previews)
-
-        def callback(d: dict) -> None:
-            step(d)
-            _emit_step(group, d, total, every, [(0, 1)])
-
+        callback = _progress(group, step, max(1, self.moves()), self.previews, [(0, 1)])
         cond, image = self.kw.get("cond", {}), self.image.to(dev)
         with torch.no_grad():
             if self.mask is not None:
