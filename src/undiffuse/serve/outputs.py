@@ -1,11 +1,12 @@
-"""Response bytes through the writers of the data-kind seam (:mod:`undiffuse.data.kinds`), so a sample
-answer is byte for byte the file ``undiffuse sample --out samples.FORMAT`` writes with the same arguments,
+"""Response bytes through the writers of the data-kind seam (:mod:`undiffuse.data.kinds`) — into a private
+folder in memory (/dev/shm) and read back — so a sample answer is byte for byte the file ``undiffuse sample --out samples.FORMAT`` writes with the same arguments,
 and x̂₀ previews are the kind's own ``.png`` (a grid for images, a scatter plot for 2-D vectors)."""
 
 from __future__ import annotations
 
 import base64
 import mimetypes
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -19,6 +20,12 @@ from undiffuse.serve.limits import ServeError
 __all__ = ["check_format", "encode", "encode_edit", "preview_url", "media_type"]
 
 _MEDIA = {"npy": "application/octet-stream", "csv": "text/csv", "txt": "text/plain", "wav": "audio/wav"}
+#: where answers are written and read back: memory (/dev/shm) where the system has it, else the temp folder
+_SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def _scratch() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="undiffuse-serve-", dir=_SCRATCH)
 
 
 def check_format(fmt: Any, kind: str) -> str:
@@ -36,7 +43,7 @@ def media_type(fmt: str) -> str:
 def encode(x: torch.Tensor, data: Any, fmt: str) -> bytes:
     """The bytes of samples ``x`` (model units) written as ``samples.FORMAT`` by the kind's writer (in a
     private temporary folder, read back and removed)."""
-    with tempfile.TemporaryDirectory(prefix="undiffuse-serve-") as tmp:
+    with _scratch() as tmp:
         path = Path(tmp) / f"samples.{fmt}"
         save_samples(x, path, data)
         return path.read_bytes()
@@ -55,7 +62,7 @@ def encode_edit(x: torch.Tensor) -> bytes:
     """The PNG bytes ``undiffuse edit --out edited.png`` writes for the edited image ``x`` [1, C, H, W]."""
     from undiffuse.cli.cmd_edit import save_image
 
-    with tempfile.TemporaryDirectory(prefix="undiffuse-serve-") as tmp:
+    with _scratch() as tmp:
         path = Path(tmp) / "edited.png"
         save_image(x, str(path))
         return path.read_bytes()
