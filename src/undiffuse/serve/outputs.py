@@ -1,6 +1,7 @@
-"""Response bytes through the writers of the data-kind seam (:mod:`undiffuse.data.kinds`) — into a private
-folder in memory (/dev/shm) and read back — so a sample answer is byte for byte the file ``undiffuse sample --out samples.FORMAT`` writes with the same arguments,
-and x̂₀ previews are the kind's own ``.png`` (a grid for images, a scatter plot for 2-D vectors)."""
+"""Response bytes through the writers of the data-kind seam (:mod:`undiffuse.data.kinds`), written into a private
+folder in memory (/dev/shm) and read back: a sample answer is byte for byte the file ``undiffuse sample --out
+samples.FORMAT`` writes with the same arguments, and x̂₀ previews are the kind's own ``.png`` (a grid for images,
+a scatter plot for 2-D vectors)."""
 
 from __future__ import annotations
 
