@@ -22,7 +22,6 @@ The server is stopped with Ctrl-C (SIGINT) at the end of each phase and must exi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import signal

@@ -9,16 +9,15 @@ import io
 import json
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from PIL import Image  # noqa: E402
+from serve_helpers import Exploding, Slow  # noqa: E402
 
 from undiffuse.cli.main import main  # noqa: E402
 from undiffuse.serve.app import create_app  # noqa: E402
@@ -28,29 +27,6 @@ from undiffuse.serve.limits import Limits  # noqa: E402
 from undiffuse.serve.server import BackgroundServer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
-
-
-class Exploding(torch.nn.Module):
-    """A denoiser that fails: a model's failure must answer its request only."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, *args, **kwargs):
-        raise RuntimeError("the network exploded")
-
-
-class Slow(torch.nn.Module):
-    """The run's denoiser, 20 ms slower per call: keeps the worker busy for a known time without using the CPU."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, *args, **kwargs):
-        time.sleep(0.02)
-        return self.inner(*args, **kwargs)
 
 
 SLOW = {"model": "slow", "n": 1, "steps": 250}  # at least 5 s of work

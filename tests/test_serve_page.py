@@ -8,11 +8,9 @@ browser is a failure."""
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,7 +65,14 @@ def page(tiny_run, tmp_path_factory):
 
     table = tmp_path_factory.mktemp("page") / "wine"
     assert main(["train", "--data", "table:wine", "--out", str(table), "--steps", "3", "--quiet"]) == 0
-    app = create_app(Catalog([tiny_run, table], device="cpu"), Limits(max_n=64, previews=8))
+    import dataclasses
+
+    from serve_helpers import Slow
+
+    catalog = Catalog([tiny_run, table], device="cpu")
+    model = catalog.entries["run"].model  # 30 ms a network call: previews arrive slower than the browser is polled
+    catalog.entries["run"].model = dataclasses.replace(model, denoiser=Slow(model.denoiser, 0.03))
+    app = create_app(catalog, Limits(max_n=64, previews=8))
     with BackgroundServer(app) as url:
         driver = _browser()
         try:

@@ -22,9 +22,9 @@ import base64
 import json
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Annotated, Any, AsyncIterator, Callable, Optional
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 from undiffuse.errors import UserError
 from undiffuse.serve.batcher import Batcher, Job
 from undiffuse.serve.catalog import Catalog
-from undiffuse.serve.limits import Cancelled, Limits, ServeError, TimedOut
+from undiffuse.serve.limits import Cancelled, Limits, TimedOut
 from undiffuse.serve.outputs import encode, encode_edit, media_type, preview_url
 from undiffuse.serve.requests import EditFields, SampleBody, edit_work, sample_work
 from undiffuse.serve.server import BodyLimit
@@ -163,26 +163,29 @@ async def _edit_job(app: FastAPI, fields: EditFields, image: UploadFile, mask: O
     return work, await _submit(app, work, stream)
 
 
+def _edit_fields(model: str = Form(...), strength: Optional[float] = Form(None), seed: int = Form(0),  # noqa: B008
+                 sampler: str = Form("ddim"), steps: int = Form(50), eta: float = Form(0.0), resample: int = Form(1),
+                 jump: int = Form(1), guidance: Optional[float] = Form(None), class_label: Optional[int] = Form(None, alias="class"),
+                 prompt: Optional[str] = Form(None, max_length=500)) -> EditFields:  # fmt: skip
+    """The form fields of an edit (FastAPI reads them from the multipart body)."""
+    return EditFields(model=model, strength=strength, seed=seed, sampler=sampler, steps=steps, eta=eta, resample=resample,
+                      jump=jump, guidance=guidance, class_label=class_label, prompt=prompt)  # fmt: skip
+
+
+Fields = Annotated[EditFields, Depends(_edit_fields)]
+Image = Annotated[UploadFile, File(description="PNG or JPEG, decoded in memory")]
+Mask = Annotated[Optional[UploadFile], File(description="PNG: white = generate, black = keep")]
+
+
 def _add_edit_routes(app: FastAPI, limits: Limits) -> None:
-    def fields(model: str = Form(...), strength: Optional[float] = Form(None), seed: int = Form(0),
-               sampler: str = Form("ddim"), steps: int = Form(50), eta: float = Form(0.0), resample: int = Form(1),
-               jump: int = Form(1), guidance: Optional[float] = Form(None), class_label: Optional[int] = Form(None, alias="class"),
-               prompt: Optional[str] = Form(None, max_length=500)) -> EditFields:  # fmt: skip
-        return EditFields(model=model, strength=strength, seed=seed, sampler=sampler, steps=steps, eta=eta, resample=resample,
-                          jump=jump, guidance=guidance, class_label=class_label, prompt=prompt)  # fmt: skip
-
-    from fastapi import Depends
-
     @app.post("/api/edit", summary="Inpaint (with a mask: white = generate) or SDEdit an uploaded image → PNG")
-    async def edit(request: Request, f: EditFields = Depends(fields), image: UploadFile = File(...),
-                   mask: Optional[UploadFile] = File(None)) -> Response:  # fmt: skip
+    async def edit(request: Request, f: Fields, image: Image, mask: Mask = None) -> Response:
         work, job = await _edit_job(app, f, image, mask, stream=False)
         x = await _result(request, job, limits.timeout_s)
         return _file(await asyncio.to_thread(encode_edit, x), "png", "edited.png", job)
 
     @app.post("/api/edit/stream", summary="The same edit with progress and previews as server-sent events")
-    async def edit_stream(f: EditFields = Depends(fields), image: UploadFile = File(...),
-                          mask: Optional[UploadFile] = File(None)) -> StreamingResponse:  # fmt: skip
+    async def edit_stream(f: Fields, image: Image, mask: Mask = None) -> StreamingResponse:
         work, job = await _edit_job(app, f, image, mask, stream=True)
         finish = lambda x: _payload(encode_edit(x), "png", "edited.png", job)  # noqa: E731
         return _sse_response(_stream(job, work.model.data, limits.timeout_s, finish))
