@@ -98,3 +98,28 @@ def test_short_run_samples_windows_and_evaluates(tmp_path):
     rep = json.loads((tmp_path / "ev.json").read_text())
     assert set(rep["methods"]) == {"diffusion", "garch(1,1)-t", "block bootstrap", "real train windows"}
     assert all(0 <= m["discriminative"] <= 0.5 for m in rep["methods"].values())
+    past = tmp_path / "past.csv"
+    past.write_text("date,a,b\n" + "\n".join(f"{i},{10 + i},{-i}" for i in range(30)) + "\n")
+    out = tmp_path / "paths.csv"
+    assert main(["forecast", str(run), "--context", str(past), "--horizon", "4", "--n", "50", "--steps", "20",
+                 "--out", str(out), "--quantiles", "0.05,0.5,0.95"]) == 0  # fmt: skip
+    lines = out.read_text().splitlines()
+    assert lines[0] == "t,quantile,a,b" and len(lines) == 1 + 4 * 3
+    from undiffuse.forecasting import forecast_paths
+    from undiffuse.model import load
+
+    m = load(run)
+    context = np.stack([10 + np.arange(30.0), -np.arange(30.0)], 1)
+    p = forecast_paths(m, context, 4, n=30, seed=0, steps=20)
+    assert p.shape == (30, 4, 2) and np.isfinite(p).all() and p.std(0).min() > 0
+    assert np.allclose(forecast_paths(m, context, 4, n=5, seed=0, steps=20, batch_size=2), p[:5], atol=1e-4)
+
+
+def test_crps_and_coverage_of_a_known_law():
+    from undiffuse.forecasting import coverage, crps
+
+    rng = np.random.default_rng(0)
+    paths = rng.standard_normal((20000, 1))
+    # CRPS of N(0, 1) at y = 0 is 2φ(0) − 1/√π = (√2 − 1)/√π
+    assert float(crps(paths, np.zeros(1))[0]) == pytest.approx((2**0.5 - 1) / np.pi**0.5, abs=0.01)
+    assert coverage(rng.standard_normal((2000, 3000)), rng.standard_normal(3000)) == pytest.approx(0.9, abs=0.02)

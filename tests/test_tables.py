@@ -15,8 +15,8 @@ from undiffuse.data import load_dataset
 from undiffuse.data.errors import DataError
 from undiffuse.data.tablefiles import builtin_table, read_csv, table_rows
 from undiffuse.data.tables import decode_rows, encode_rows, fit_schema, quantile_forward, quantile_inverse
-from undiffuse.diffusion.multinomial import categorical_kl, posterior_probs, q_probs, sample_categorical
 from undiffuse.diffusion.analytic import ddim_chain
+from undiffuse.diffusion.multinomial import categorical_kl, posterior_probs, q_probs, sample_categorical
 from undiffuse.diffusion.oracles import GaussianOracle
 from undiffuse.samplers.mixed import sample_multinomial
 from undiffuse.schedules import make_schedule

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from undiffuse.cli.common import add_quiet, common_settings
 
-COMMANDS = ("train", "distill", "sample", "nll", "noise", "schedule", "eval", "bench", "edit", "study", "serve")
+COMMANDS = ("train", "distill", "sample", "nll", "noise", "schedule", "eval", "bench", "edit", "forecast", "study", "serve")
 
 
 class _Parser(argparse.ArgumentParser):

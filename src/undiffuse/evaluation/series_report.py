@@ -11,17 +11,23 @@ from typing import Optional, Union
 import numpy as np
 
 from undiffuse.data import load_dataset
-from undiffuse.data.series import series_units
-from undiffuse.evaluation.series import bootstrap_windows, compare_facts, discriminative_score, garch_windows
-from undiffuse.evaluation.series import stylised_facts
-from undiffuse.model import load
+from undiffuse.data.series import TEST_FRACTION, read_series, series_units
+from undiffuse.evaluation.series import (
+    bootstrap_windows,
+    compare_facts,
+    discriminative_score,
+    garch_windows,
+    stylised_facts,
+)
+from undiffuse.forecasting import coverage, crps, forecast_paths
+from undiffuse.model import Model, load
 from undiffuse.sampling import sample
 
-__all__ = ["evaluate_series_run", "series_markdown"]
+__all__ = ["evaluate_series_run", "series_markdown", "forecast_scores"]
 
 
 def evaluate_series_run(run_dir: Union[str, os.PathLike], n: int = 500, seed: int = 0, sampler: str = "ddpm",
-                        steps: int = 100, device: Optional[str] = None) -> dict:  # fmt: skip
+                        steps: int = 100, device: Optional[str] = None, horizon: Optional[int] = 20) -> dict:  # fmt: skip
     """Facts and discriminative scores of n windows of each method against the held-out windows."""
     model = load(run_dir, device=device)
     d, info = model.config.data, model.data
@@ -41,8 +47,45 @@ def evaluate_series_run(run_dir: Union[str, os.PathLike], n: int = 500, seed: in
     facts = stylised_facts(real)
     methods = {k: {"facts": compare_facts(facts, stylised_facts(w)), "discriminative": discriminative_score(real, w, seed)}
                for k, w in sets.items()}  # fmt: skip
+    fc = forecast_scores(model, min(horizon, L // 2), seed=seed, steps=steps) if horizon and d.name[7:] in ("sp500", "nasdaq") else None
     return {"run": str(run_dir), "data": info.name, "step": model.step, "window": L, "n": n, "n_test": len(real),
-            "sampler": sampler, "steps": steps, "sample_cpu_s": cpu, "garch_params": params, "methods": methods}  # fmt: skip
+            "sampler": sampler, "steps": steps, "sample_cpu_s": cpu, "garch_params": params, "methods": methods,
+            "forecast": fc}  # fmt: skip
+
+
+def _garch_paths(r: np.ndarray, cut: int, horizon: int, n: int, seed: int) -> np.ndarray:
+    """GARCH(1,1)-t fitted on r[:cut], simulated forward from every origin cut−1+k: [T − cut, n, horizon]."""
+    from arch.univariate import GARCH, ConstantMean, StudentsT
+
+    res = ConstantMean(r[:cut], volatility=GARCH(1, 0, 1), distribution=StudentsT(), rescale=False).fit(disp="off")
+    full = ConstantMean(r, volatility=GARCH(1, 0, 1), distribution=StudentsT(seed=np.random.default_rng(seed)),
+                        rescale=False)  # fmt: skip
+    return full.forecast(res.params, horizon=horizon, start=cut - 1, method="simulation", simulations=n).simulations.values
+
+
+def forecast_scores(model: Model, horizon: int = 20, n: int = 200, seed: int = 0, steps: int = 100) -> dict:
+    """Forecasts of the first channel from origins every ``horizon`` steps of the held-out period: mean CRPS and
+    the coverage of 90 % intervals (per step), the model's paths beside GARCH(1,1)-t's."""
+    arg = model.data.name.split(":", 1)[1]
+    vals = read_series(arg)[0]
+    cut = int(round(len(vals) * (1 - TEST_FRACTION)))
+    L = model.data.extra["series"]["length"]
+    garch = _garch_paths(vals[:, 0], cut, horizon, n, seed)
+    origins = [o for o in range(max(cut, L - horizon), len(vals) - horizon + 1, horizon)]
+    scores: dict = {"diffusion": [], "garch(1,1)-t": []}
+    truths = []
+    for o in origins:
+        truth = vals[o : o + horizon, 0]
+        paths = {"diffusion": forecast_paths(model, vals[:o], horizon, n, seed + o, steps)[:, :, 0],
+                 "garch(1,1)-t": garch[o - cut]}  # fmt: skip
+        for k, p in paths.items():
+            scores[k].append((crps(p, truth).mean(), p))
+        truths.append(truth)
+    out = {"horizon": horizon, "origins": len(origins), "paths": n}
+    for k, v in scores.items():
+        allp = np.concatenate([p for _, p in v], axis=1)  # [n, origins·h]
+        out[k] = {"crps": float(np.mean([c for c, _ in v])), "coverage90": coverage(allp, np.concatenate(truths))}
+    return out
 
 
 def series_markdown(report: dict) -> str:
@@ -57,4 +100,8 @@ def series_markdown(report: dict) -> str:
         cells = [f"{m['facts'][f]['synthetic_median']:.3f}{' ✓' if m['facts'][f]['within'] else ' ✗'}" for f in facts]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['facts']['pooled_kurtosis']['synthetic']:.2f} | "
                      f"{m['discriminative']:.3f} |")  # fmt: skip
+    fc = report.get("forecast")
+    if fc:
+        lines.append(f"\nForecasts ({fc['origins']} origins, {fc['horizon']} steps, {fc['paths']} paths): " + "; ".join(
+            f"{k} CRPS {fc[k]['crps']:.3f}, 90 % coverage {fc[k]['coverage90']:.1%}" for k in ("diffusion", "garch(1,1)-t")))
     return "\n".join(lines) + "\n"

@@ -18,9 +18,9 @@ import torch
 from undiffuse.baselines.tables import gaussian_copula, smote
 from undiffuse.data import load_dataset
 from undiffuse.data.tables import categories
+from undiffuse.diffusion.multinomial import blocks
 from undiffuse.evaluation.tables import TableParts, detection_auc, efficacy, table_metrics
 from undiffuse.model import Model, load
-from undiffuse.diffusion.multinomial import blocks
 from undiffuse.tables import TABLE_STEPS, impute, sample_rows
 
 __all__ = ["table_data", "evaluate_table_run", "table_markdown", "imputation_scores"]
