@@ -25,8 +25,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from undiffuse.diffusion.multinomial import blocks, categorical_kl, posterior_probs, q_probs, sample_categorical
-from undiffuse.diffusion.multinomial import uniform_from_normal
+from undiffuse.diffusion.multinomial import (
+    blocks,
+    categorical_kl,
+    posterior_probs,
+    q_probs,
+    sample_categorical,
+    uniform_from_normal,
+)
 from undiffuse.diffusion.precond import Precond, append_dims
 from undiffuse.schedules.discrete import Schedule
 

@@ -14,8 +14,13 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from undiffuse.diffusion.multinomial import blocks, posterior_probs, q_probs, sample_categorical
-from undiffuse.diffusion.multinomial import uniform_from_normal
+from undiffuse.diffusion.multinomial import (
+    blocks,
+    posterior_probs,
+    q_probs,
+    sample_categorical,
+    uniform_from_normal,
+)
 from undiffuse.samplers.common import Generators, denoiser_output, emit, randn_like, to_d
 from undiffuse.samplers.ddpm import ancestral_step
 
