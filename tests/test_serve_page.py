@@ -186,3 +186,30 @@ def test_a_table_model_shows_its_rows_as_a_table(page):
     rows = page.find_elements("css selector", "#result-extra table tr")
     assert len(rows) == 8 and "alcohol" in rows[0].text  # the header, then one row per sample
     assert [a.text for a in page.find_elements("css selector", "#downloads a")] == ["download .csv"]
+
+
+def test_a_sound_gets_a_player_and_its_spectrogram(page):
+    """No kind of data writes sound yet; the page's renderer of a .wav answer is checked on a 1 kHz tone."""
+    import base64
+    import io
+    import wave
+
+    buf, rate = io.BytesIO(), 16000
+    t = np.arange(rate // 2) / rate
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes((np.sin(2 * np.pi * 1000 * t) * 20000).astype("<i2").tobytes())
+    url = "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode()
+    got = page.execute_async_script(
+        "const done = arguments[arguments.length - 1], extra = document.getElementById('result-extra');"
+        "RENDER.wav(null, arguments[0], extra).then(() => { const c = extra.querySelector('canvas');"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, rows = [];"
+        "for (let y = 0; y < c.height; y++) rows.push(d[4 * (y * c.width + 2) + 1]);"  # green (v²), third column
+        "done({audio: !!extra.querySelector('audio'), width: c.width, height: c.height, rows, rate: Number(c.dataset.sampleRate)});"
+        "}, (e) => done({error: String(e)}));",
+        url,
+    )  # fmt: skip
+    assert "error" not in got, got
+    assert got["audio"] and got["height"] == 256 and got["width"] > 10
+    brightest = got["height"] - 1 - int(np.argmax(got["rows"]))  # the frequency bin, counted from the bottom
+    assert abs(brightest - 1000 / (got["rate"] / 512)) <= 1  # 1 kHz (the browser decodes at its own rate, 44.1 kHz)

@@ -112,6 +112,51 @@ function blobOf(result) {
   return new Blob([bytes], { type: result.media_type });
 }
 
+// In-place radix-2 FFT of (re, im), length a power of two.
+function fft(re, im) {
+  const n = re.length;
+  for (let i = 1, j = 0; i < n; i++) {
+    let bit = n >> 1;
+    for (; j & bit; bit >>= 1) j ^= bit;
+    j ^= bit;
+    if (i < j) { [re[i], re[j]] = [re[j], re[i]]; [im[i], im[j]] = [im[j], im[i]]; }
+  }
+  for (let len = 2; len <= n; len <<= 1) {
+    const ang = (-2 * Math.PI) / len;
+    for (let i = 0; i < n; i += len) {
+      for (let k = 0; k < len / 2; k++) {
+        const wr = Math.cos(ang * k), wi = Math.sin(ang * k), a = i + k, b = a + len / 2;
+        const tr = re[b] * wr - im[b] * wi, ti = re[b] * wi + im[b] * wr;
+        re[b] = re[a] - tr; im[b] = im[a] - ti; re[a] += tr; im[a] += ti;
+      }
+    }
+  }
+}
+
+// A spectrogram of a sound's first channel: |STFT| in dB over 60 dB (512-point Hann windows, hop 256), low
+// frequencies at the bottom, one column per frame (at most 1200). Returns the canvas.
+async function spectrogram(url) {
+  const data = await (await fetch(url)).arrayBuffer();
+  const sound = await new OfflineAudioContext(1, 1, 44100).decodeAudioData(data);
+  const x = sound.getChannelData(0), N = 512, hop = Math.max(256, Math.ceil((x.length - N) / 1200));
+  const frames = Math.max(1, Math.floor((x.length - N) / hop) + 1), H = N / 2, db = new Float32Array(frames * H);
+  for (let f = 0; f < frames; f++) {
+    const re = new Float32Array(N), im = new Float32Array(N);
+    for (let k = 0; k < N; k++) re[k] = (x[f * hop + k] || 0) * (0.5 - 0.5 * Math.cos((2 * Math.PI * k) / N));
+    fft(re, im);
+    for (let k = 0; k < H; k++) db[f * H + k] = 10 * Math.log10(re[k] * re[k] + im[k] * im[k] + 1e-12);
+  }
+  const top = Math.max(...db), canvas = document.createElement("canvas");
+  canvas.width = frames; canvas.height = H; canvas.className = "spectrogram"; canvas.dataset.sampleRate = sound.sampleRate;
+  const g = canvas.getContext("2d"), img = g.createImageData(frames, H);
+  for (let f = 0; f < frames; f++) for (let k = 0; k < H; k++) {
+    const v = Math.max(0, 1 + (db[f * H + k] - top) / 60), o = 4 * ((H - 1 - k) * frames + f);
+    img.data[o] = 255 * Math.min(1, 1.6 * v); img.data[o + 1] = 255 * v * v; img.data[o + 2] = 255 * (0.35 + 0.65 * v * (1 - v)); img.data[o + 3] = 255;
+  }
+  g.putImageData(img, 0, 0);
+  return canvas;
+}
+
 // How a finished result is shown, by format: images in place, tables and text below, sound with a player.
 const RENDER = {
   png: (p, url) => show(p, url), jpg: (p, url) => show(p, url), jpeg: (p, url) => show(p, url),
@@ -120,7 +165,8 @@ const RENDER = {
     rows.forEach((r, i) => { const tr = t.insertRow(); r.forEach((c) => { const cell = document.createElement(i ? "td" : "th"); cell.textContent = c; tr.appendChild(cell); }); });
     extra.replaceChildren(t); extra.classList.add("shown"); extra.parentElement.classList.add("has-table"); },
   txt: async (p, url, extra) => { const pre = document.createElement("pre"); pre.textContent = await (await fetch(url)).text(); extra.replaceChildren(pre); extra.classList.add("shown"); },
-  wav: (p, url, extra) => { const a = document.createElement("audio"); a.controls = true; a.src = url; extra.replaceChildren(a); extra.classList.add("shown"); },
+  wav: async (p, url, extra) => { const a = document.createElement("audio"); a.controls = true; a.src = url;
+    extra.replaceChildren(a, await spectrogram(url)); extra.classList.add("shown"); },
 };
 
 function download(name, blob) {
