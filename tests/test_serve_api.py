@@ -80,6 +80,9 @@ def test_models_and_health(server):
     assert page.status == 200 and b'src="/static/app.js"' in page.body and b"http" not in page.body.split(b"<body>")[0]
     assert server.get("/static/app.js").status == 200 and server.get("/static/../app.py").status == 404
     assert "/api/sample" in server.get("/openapi.json").json()["paths"]
+    rebound = server.connection()  # a page on another origin that rebinds its name to 127.0.0.1
+    rebound.request("GET", "/api/models", headers={"Host": "attacker.example"})
+    assert rebound.getresponse().status == 400
 
 
 @pytest.mark.parametrize("model,args", [("run", ["--sampler", "ddim", "--eta", "0.5", "--steps", "6"]),

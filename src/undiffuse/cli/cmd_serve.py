@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from undiffuse.errors import UserError
 
     try:
-        from undiffuse.serve.app import create_app
+        from undiffuse.serve.app import LOOPBACK_HOSTS, create_app
         from undiffuse.serve.catalog import Catalog
         from undiffuse.serve.limits import Limits
         from undiffuse.serve.server import serve
@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK:
         print(f"serve: listening on {args.host}: other machines can reach this server", file=sys.stderr)
     ready = lambda port: print(f"serve: http://{args.host}:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)  # noqa: E731
+    hosts = LOOPBACK_HOSTS if args.host in LOOPBACK else ("*",)  # loopback: answer loopback Host headers only
     try:
-        serve(create_app(catalog, limits), args.host, args.port, log_level="warning", ready=ready)
+        serve(create_app(catalog, limits, hosts), args.host, args.port, log_level="warning", ready=ready)
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then passed the Ctrl-C on
         pass
     print("serve: stopped", file=sys.stderr)

@@ -22,13 +22,14 @@ import base64
 import json
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, AsyncIterator, Callable, Optional
+from typing import Annotated, Any, AsyncIterator, Callable, Optional, Sequence
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from undiffuse.errors import UserError
 from undiffuse.serve.batcher import Batcher, Job
@@ -212,8 +213,13 @@ def _add_info_routes(app: FastAPI, catalog: Catalog, limits: Limits) -> None:
         return FileResponse(STATIC / "api.html", media_type="text/html")
 
 
-def create_app(catalog: Catalog, limits: Optional[Limits] = None) -> FastAPI:
-    """The app: routes, JSON errors, a body-size limit, the static page; the worker runs while it is served."""
+#: Host headers a loopback server answers (others: 400), so a web page cannot reach it by DNS rebinding.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def create_app(catalog: Catalog, limits: Optional[Limits] = None, hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
+    """The app: routes, JSON errors, a body-size limit, the static page; the worker runs while it is served.
+    ``hosts``: the Host headers it answers (``("*",)``: any)."""
     limits = limits or Limits()
     batcher = Batcher(limits)
 
@@ -234,4 +240,5 @@ def create_app(catalog: Catalog, limits: Optional[Limits] = None) -> FastAPI:
     _add_edit_routes(app, limits)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, json_bytes=limits.body_bytes, upload_bytes=limits.upload_bytes)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
     return app

@@ -65,7 +65,8 @@ def free_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 def _server(app: Any, log_level: str = "warning"):
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False)
+    # at most 256 connections at once (503 beyond): with bodies read whole up to 1 MiB, memory stays bounded
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False, limit_concurrency=256)
     return uvicorn.Server(config)
 
 
