@@ -74,14 +74,42 @@ def _row(model, score, n: int, sampler=None, steps=None, **extra) -> dict:
     return row
 
 
-def teacher_rows(teacher: str, score, n: int) -> list[dict]:
-    """DDIM 50; unipc at 10, 5, 4, 2, 1 steps; dpmpp_2m at 10 and 5 (each on its default grid)."""
+TEACHER_ROWS = "ddim:50,unipc:10,unipc:5,unipc:4,unipc:2,unipc:1,dpmpp_2m:10,dpmpp_2m:5"
+
+
+def teacher_rows(teacher: str, score, n: int, wanted: str, dataset: str) -> None:
+    """The teacher's rows ``sampler:steps,…`` (each on its default grid), each merged into the results as soon as
+    it is measured; rows already there are kept, not measured again (so the teacher's rows may be split over
+    processes, and a stopped run continues)."""
     import undiffuse.api as api
 
     model = api.load(teacher)
-    rows = [_row(model, score, n, "ddim", 50, who="teacher")]
-    rows += [_row(model, score, n, "unipc", k, who="teacher") for k in (10, 5, *STEPS[::-1])]
-    return rows + [_row(model, score, n, "dpmpp_2m", k, who="teacher") for k in (10, 5)]
+    have = {(r["sampler"], r["steps"]) for r in _load_json(RESULTS / "distill.json").get(dataset, {}).get("teacher_rows", [])}
+    for item in wanted.split(","):
+        sampler, steps = item.split(":")
+        if (sampler, int(steps)) not in have:
+            _save(dataset, {"teacher": teacher, "n": n}, teacher_row=_row(model, score, n, sampler, int(steps), who="teacher"))
+
+
+def _save(dataset: str, result: dict, teacher_row=None, methods=(), rows=()) -> None:
+    """Merge into benchmarks/results/distill.json: ``result``'s keys, a teacher row (by sampler and steps), the
+    student rows of ``methods``; the Fashion-MNIST teacher's DDIM-50 and 10-step rows also go to
+    default_run_fd.json."""
+    from undiffuse.io import write_json
+
+    allr = _load_json(RESULTS / "distill.json")
+    old = allr.get(dataset, {})
+    teach = [r for r in old.get("teacher_rows", [])
+             if teacher_row is None or (r["sampler"], r["steps"]) != (teacher_row["sampler"], teacher_row["steps"])]
+    teach += [teacher_row] if teacher_row is not None else []
+    students = [r for r in old.get("student_rows", []) if r["who"].split()[0] not in methods] + list(rows)
+    allr[dataset] = {**old, **result, "teacher_rows": teach, "student_rows": students}
+    write_json(RESULTS / "distill.json", allr)
+    if dataset == "fmnist":
+        keys = ("sampler", "steps", "grid", "n", "classifier_fd", "sampling_cpu_s")
+        fd = [{k: r[k] for k in keys} for r in teach if r["steps"] in (50, 10)]
+        write_json(RESULTS / "default_run_fd.json", {"teacher": allr[dataset].get("teacher"), "threads": 1, "rows": fd,
+                                                     "note": "classifier FD (undiffuse eval), test split, seed 0"})
 
 
 def _distill_timed(teacher: str, out: Path, method: str, steps: int, start: int, overrides: list[str]) -> float:
@@ -145,7 +173,8 @@ def markdown(dataset: str) -> str:
     toy = dataset == "toy"
     head = "| model | sampler | steps (NFE) | " + ("modes | high-quality share |" if toy else "classifier FD |")
     lines = [head + " sampling CPU-s | distillation CPU-s |", "|" + "---|" * (7 if toy else 6)]
-    for row in r.get("teacher_rows", []) + r["student_rows"]:
+    teacher = sorted(r.get("teacher_rows", []), key=lambda t: (t["sampler"] != "ddim", t["sampler"], -t["steps"]))
+    for row in teacher + r.get("student_rows", []):
         q = f"{row['modes']} | {100 * row['high_quality_share']:.1f} %" if toy else f"{row['classifier_fd']:.2f}"
         cost = f"{row['distill_cpu_s']:.0f}" if "distill_cpu_s" in row else "–"
         lines.append(f"| {row['who']} | {row['sampler']} ({row['grid']}) | {row['steps']} ({row['nfe']}) | {q} | "
@@ -165,6 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--start-steps", type=int, default=64, help="progressive: the teacher's DDIM steps of round 1")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="student config overrides")
     ap.add_argument("--no-teacher", action="store_true", help="skip the teacher rows and cost")
+    ap.add_argument("--teacher-rows", default=TEACHER_ROWS, help=f"sampler:steps,… (default {TEACHER_ROWS})")
+    ap.add_argument("--no-cost", action="store_true", help="skip measuring the teacher's training cost")
     args = ap.parse_args(argv)
     if args.table:
         print(markdown(args.dataset))
@@ -178,30 +209,18 @@ def main(argv=None) -> int:
     n = args.n or (2500 if toy else 2000)
     steps = args.steps or (3000 if toy else 600)
     score = _scorer(args.dataset, n)
-    result = {"dataset": args.dataset, "teacher": args.teacher, "n": n, "distill_steps": steps,
-              "load_avg_start": os.getloadavg()[0], "threads": 1}  # fmt: skip
+    result = {"dataset": args.dataset, "teacher": args.teacher, "n": n, "threads": 1}
     if not args.no_teacher:
-        result["teacher_rows"] = teacher_rows(args.teacher, score, n)
-        result["teacher_training"] = teacher_cost(args.teacher)
+        teacher_rows(args.teacher, score, n, args.teacher_rows, args.dataset)
+        if not args.no_cost:
+            _save(args.dataset, {**result, "teacher_training": teacher_cost(args.teacher)})
     methods = [m for m in args.methods.split(",") if m and m != "none"]
-    rows = []
     for method in methods:
-        rows += student_rows(args.teacher, Path(args.work), method, steps, args.start_steps, score, n, args.overrides)
-        result[f"{method}_settings"] = {"steps": steps, "overrides": args.overrides,
-                                        **({"start_steps": args.start_steps} if method == "progressive" else {})}
-    result["load_avg_end"] = os.getloadavg()[0]
-    from undiffuse.io import write_json
-
-    allr = _load_json(RESULTS / "distill.json")  # merged: teacher and each method may be measured apart
-    old = allr.get(args.dataset, {})
-    keep = [r for r in old.get("student_rows", []) if r["who"].split()[0] not in methods]
-    allr[args.dataset] = {**old, **result, "student_rows": keep + rows}
-    write_json(RESULTS / "distill.json", allr)
-    if not toy and not args.no_teacher:
-        rows = [{k: r[k] for k in ("sampler", "steps", "grid", "n", "classifier_fd", "sampling_cpu_s")}
-                for r in result["teacher_rows"] if r["steps"] in (50, 10)]  # fmt: skip
-        write_json(RESULTS / "default_run_fd.json", {"teacher": args.teacher, "threads": 1, "rows": rows,
-                                                     "note": "classifier FD (undiffuse eval), test split, seed 0"})
+        load0 = os.getloadavg()[0]
+        rows = student_rows(args.teacher, Path(args.work), method, steps, args.start_steps, score, n, args.overrides)
+        settings = {"steps": steps, "overrides": args.overrides, "load_avg": [load0, os.getloadavg()[0]],
+                    **({"start_steps": args.start_steps} if method == "progressive" else {})}  # fmt: skip
+        _save(args.dataset, {**result, f"{method}_settings": settings}, methods=(method,), rows=rows)
     return 0
 
 
