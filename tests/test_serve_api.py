@@ -210,6 +210,8 @@ def test_bad_requests_get_a_clear_json_error(server):
     _error(server.sample(model="run", colour="red"), 400, "colour")
     _error(server.sample(model="run", **{"class": 3}), 400, "class")
     _error(server.sample(model="broken"), 503, "did not load")
+    _error(server.sample(model="run", seed=2**70), 400, "seed")
+    _error(server.edit({"model": "run", "seed": 2**70}, _png(np.zeros((8, 8), np.uint8))), 400, "seed")
     _error(server.request("POST", "/api/sample", b"{not json"), 400, "bad request")
     _error(server.post_json("/api/sample", {"model": "run", "prompt": "x" * 70000}), 413, "over")
     _error(server.edit({"model": "run"}, b"\x89PNG\r\n\x1a\nnot really"), 400, "image upload")

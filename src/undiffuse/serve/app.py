@@ -164,7 +164,7 @@ async def _edit_job(app: FastAPI, fields: EditFields, image: UploadFile, mask: O
     return work, await _submit(app, work, stream)
 
 
-def _edit_fields(model: str = Form(...), strength: Optional[float] = Form(None), seed: int = Form(0),  # noqa: B008
+def _edit_fields(model: str = Form(...), strength: Optional[float] = Form(None), seed: int = Form(0, ge=-(2**63), lt=2**64),  # noqa: B008
                  sampler: str = Form("ddim"), steps: int = Form(50), eta: float = Form(0.0), resample: int = Form(1),
                  jump: int = Form(1), guidance: Optional[float] = Form(None), class_label: Optional[int] = Form(None, alias="class"),
                  prompt: Optional[str] = Form(None, max_length=500)) -> EditFields:  # fmt: skip

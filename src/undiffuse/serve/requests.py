@@ -28,7 +28,7 @@ class SampleBody(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     model: str = Field(description="a name of GET /api/models")
     n: int = Field(16, description="number of samples (at most the server's max_n)")
-    seed: int = Field(0, description="sample i depends only on (seed, i)")
+    seed: int = Field(0, ge=-(2**63), lt=2**64, description="sample i depends only on (seed, i)")
     sampler: Optional[str] = Field(None, description="a sampler of GET /api/models (default: the run's own — ddim, "
                                    "or a distilled student's few-step sampler)")
     steps: Optional[int] = Field(None, description="sampler steps (default: the run's own, 50 for ddim)")
