@@ -68,15 +68,21 @@ def edit_table(args: argparse.Namespace) -> int:
 def eval_table(args: argparse.Namespace, run_dir: Path) -> int:
     """``undiffuse eval RUN`` for a table run: RUN/eval.json and RUN/eval.md (or --out PREFIX)."""
     from undiffuse.evaluation.table_report import evaluate_table_run, table_markdown
-    from undiffuse.io import write_json, write_text
     from undiffuse.tables import TABLE_STEPS
 
     steps = args.steps if args.steps not in (None, 50) else TABLE_STEPS
     n = args.n if args.n != 2500 else None  # the image/toy default: tables use the training split's size
     report = evaluate_table_run(run_dir, args.seed, steps, n, args.device)
-    prefix = args.out or str(run_dir / "eval")
+    return _write_report(report, table_markdown(report), run_dir, args.out)
+
+
+def _write_report(report: dict, body: str, run_dir: Path, out: str | None) -> int:
+    """PREFIX.json and PREFIX.md (PREFIX: --out, else RUN_DIR/eval), the markdown also printed."""
+    from undiffuse.io import write_json, write_text
+
+    prefix = out or str(run_dir / "eval")
     write_json(prefix + ".json", report)
-    md = f"# Evaluation of {run_dir} ({report['data']}, step {report['step']})\n\n" + table_markdown(report)
+    md = f"# Evaluation of {run_dir} ({report['data']}, step {report['step']})\n\n" + body
     write_text(prefix + ".md", md)
     print(md)
     print(f"wrote {prefix}.json and {prefix}.md")
@@ -95,14 +101,7 @@ def run_data_name(run_dir: str) -> str:
 def eval_series(args: argparse.Namespace, run_dir: Path) -> int:
     """``undiffuse eval RUN`` for a series run: stylised facts and discriminative scores beside GARCH-t."""
     from undiffuse.evaluation.series_report import evaluate_series_run, series_markdown
-    from undiffuse.io import write_json, write_text
 
     n = args.n if args.n != 2500 else 500
     report = evaluate_series_run(run_dir, n, args.seed, args.sampler or "ddpm", args.steps or 100, args.device)
-    prefix = args.out or str(run_dir / "eval")
-    write_json(prefix + ".json", report)
-    md = f"# Evaluation of {run_dir} ({report['data']}, step {report['step']})\n\n" + series_markdown(report)
-    write_text(prefix + ".md", md)
-    print(md)
-    print(f"wrote {prefix}.json and {prefix}.md")
-    return 0
+    return _write_report(report, series_markdown(report), run_dir, args.out)
