@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 
-def _train(spec: str, run: Path) -> dict:
+def _train(spec: str, run: Path, overrides: list) -> dict:
     from undiffuse.config import resolve_config
     from undiffuse.training import train
 
@@ -25,7 +25,7 @@ def _train(spec: str, run: Path) -> dict:
     if (run / "checkpoints").is_dir():
         return {**(json.loads(record.read_text()) if record.is_file() else {}), "reused": True}
     load, cpu, wall = os.getloadavg()[0], time.process_time(), time.perf_counter()
-    s = train(resolve_config(spec), run, progress=False)
+    s = train(resolve_config(spec, overrides=overrides), run, progress=False)
     out = {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall, "steps": s.step,
            "val_loss": s.val_loss, "load_1min": load}  # fmt: skip
     record.write_text(json.dumps(out))
@@ -63,10 +63,16 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/series")
     ap.add_argument("--out", default="benchmarks/results/series.json")
     ap.add_argument("--plot", default="docs/images/series_facts.png")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override for training")
+    ap.add_argument("--steps", type=int, default=100, help="sampler steps (facts and forecasts)")
+    ap.add_argument("--forecast-paths", type=int, default=200)
+    ap.add_argument("--name", default=None, help="the run's folder name under --runs (default: the data's)")
     args = ap.parse_args()
-    run = Path(args.runs) / args.data.split(":", 1)[1].replace("/", "_")
-    out = {"data": args.data, "threads": os.environ.get("OMP_NUM_THREADS"), "train": _train(args.data, run)}
-    out["per_seed"] = [evaluate_series_run(run, seed=int(s)) for s in args.seeds.split(",")]
+    run = Path(args.runs) / (args.name or args.data.split(":", 1)[1].replace("/", "_"))
+    out = {"data": args.data, "overrides": args.overrides, "threads": os.environ.get("OMP_NUM_THREADS"),
+           "train": _train(args.data, run, args.overrides)}  # fmt: skip
+    out["per_seed"] = [evaluate_series_run(run, seed=int(s), steps=args.steps, forecast_n=args.forecast_paths)
+                       for s in args.seeds.split(",")]  # fmt: skip
     write_json(args.out, out)
     _plot(out["per_seed"][0], args.plot)
     for r in out["per_seed"]:

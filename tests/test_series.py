@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from undiffuse.build import DataInfo
 from undiffuse.data import load_dataset
@@ -123,3 +124,28 @@ def test_crps_and_coverage_of_a_known_law():
     # CRPS of N(0, 1) at y = 0 is 2φ(0) − 1/√π = (√2 − 1)/√π
     assert float(crps(paths, np.zeros(1))[0]) == pytest.approx((2**0.5 - 1) / np.pi**0.5, abs=0.01)
     assert coverage(rng.standard_normal((2000, 3000)), rng.standard_normal(3000)) == pytest.approx(0.9, abs=0.02)
+
+
+def test_seqnet_reads_windows_time_major_and_builds_only_for_series(tmp_path):
+    from undiffuse.build import build_denoiser
+    from undiffuse.config import resolve_config
+    from undiffuse.errors import ConfigError
+    from undiffuse.nn.seqnet import SeqNet
+
+    net = SeqNet(16, 2, hidden=16, depth=3, num_classes=3)
+    x = torch.randn(4, 32)
+    assert net(x, torch.rand(4) * 1000).abs().max() == 0  # zero-initialised output: starts as ε̂ = 0
+    torch.nn.init.normal_(net.conv_out.weight)
+    y = net(x, torch.rand(4) * 1000, class_labels=torch.tensor([0, 1, 2, 3]))
+    assert y.shape == (4, 32)
+    x2 = x.clone()
+    x2.reshape(4, 16, 2)[:, -1, :] += 1.0  # only the last time step changes: the first steps' outputs barely move
+    diff = (net(x2, torch.full((4,), 10.0)) - net(x, torch.full((4,), 10.0))).reshape(4, 16, 2).abs().sum((0, 2))
+    assert diff[-1] > 0 and diff[0] < diff[-1]
+    spec = _write_series(tmp_path / "s.csv", np.random.default_rng(0).standard_normal((200, 2)))
+    ds = load_dataset(spec, "train", window=8)
+    cfg = resolve_config(spec, overrides=["model.arch=seq", "model.hidden=16", "model.depth=2", "data.window=8"])
+    assert isinstance(build_denoiser(cfg, DataInfo.from_dataset(ds)).net, SeqNet)
+    with pytest.raises(ConfigError, match="series"):
+        build_denoiser(resolve_config("table:wine", overrides=["model.arch=seq"]),
+                       DataInfo.from_dataset(load_dataset("table:wine", "train")))  # fmt: skip

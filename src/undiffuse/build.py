@@ -118,8 +118,19 @@ def build_network(cfg: ModelConfig, info: DataInfo, learned_variance: bool = Fal
             raise ConfigError(f"model.sr_from = {cfg.sr_from} must be below the image size {h} — e.g. {h // 2}")
         return UNet.from_config(cfg, in_channels=c, out_channels=c * mult, image_size=h, num_classes=num_classes,
                                 cond_dim=TEXT_DIM if cfg.text_cond else None, extra_in_channels=c if cfg.sr_from else 0)  # fmt: skip
+    if arch == "seq":  # dilated 1-D convolutions over a series window (undiffuse.nn.seqnet)
+        return _seqnet(cfg, info, num_classes, mult)
     (d,) = info.shape
     return MLP.from_config(cfg, dim=d, num_classes=num_classes, out_dim=d * mult)
+
+
+def _seqnet(cfg: ModelConfig, info: DataInfo, num_classes: Optional[int], mult: int) -> nn.Module:
+    from undiffuse.nn.seqnet import SeqNet
+
+    series = info.extra.get("series")
+    if series is None or mult != 1:
+        raise ConfigError("model.arch = seq needs series: data and no learned variance — use model.arch=auto")
+    return SeqNet(series["length"], len(series["channels"]), cfg.hidden, cfg.depth, cfg.emb_dim, num_classes, cfg.dropout)
 
 
 def build_denoiser(cfg: RunConfig, info: DataInfo, schedule: Optional[Schedule] = None) -> Precond:

@@ -143,7 +143,7 @@ class ModelConfig(UNetConfig, MLPConfig):
                 network.__post_init__(self)
             except ValueError as e:
                 raise ConfigError(f"model.{e}") from e
-        _choice(self, "arch", ("auto", "unet", "mlp"))
+        _choice(self, "arch", ("auto", "unet", "mlp", "seq"))
         _positive(self, "sr_from")
         if self.class_cond and self.text_cond:
             raise ConfigError("model.class_cond and model.text_cond are exclusive — captions already carry the class; set one")

@@ -27,7 +27,8 @@ __all__ = ["evaluate_series_run", "series_markdown", "forecast_scores"]
 
 
 def evaluate_series_run(run_dir: Union[str, os.PathLike], n: int = 500, seed: int = 0, sampler: str = "ddpm",
-                        steps: int = 100, device: Optional[str] = None, horizon: Optional[int] = 20) -> dict:  # fmt: skip
+                        steps: int = 100, device: Optional[str] = None, horizon: Optional[int] = 20,
+                        forecast_n: int = 200) -> dict:  # fmt: skip
     """Facts and discriminative scores of n windows of each method against the held-out windows."""
     model = load(run_dir, device=device)
     d, info = model.config.data, model.data
@@ -47,7 +48,7 @@ def evaluate_series_run(run_dir: Union[str, os.PathLike], n: int = 500, seed: in
     facts = stylised_facts(real)
     methods = {k: {"facts": compare_facts(facts, stylised_facts(w)), "discriminative": discriminative_score(real, w, seed)}
                for k, w in sets.items()}  # fmt: skip
-    fc = forecast_scores(model, min(horizon, L // 2), seed=seed, steps=steps) if horizon and d.name[7:] in ("sp500", "nasdaq") else None
+    fc = forecast_scores(model, min(horizon, L // 2), forecast_n, seed, steps) if horizon and d.name[7:] in ("sp500", "nasdaq") else None
     return {"run": str(run_dir), "data": info.name, "step": model.step, "window": L, "n": n, "n_test": len(real),
             "sampler": sampler, "steps": steps, "sample_cpu_s": cpu, "garch_params": params, "methods": methods,
             "forecast": fc}  # fmt: skip
