@@ -191,7 +191,7 @@ CONFIGS = [(name, {}) for name in SAMPLERS] + [
     ("unipc", {"order": 3}),
     ("unipc", {"corrector": False}),
 ]
-STOCHASTIC = {"ddpm", "euler_ancestral", "consistency"}
+STOCHASTIC = {"ddpm", "euler_ancestral", "consistency", "multinomial"}
 
 
 class _Calls:
