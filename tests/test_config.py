@@ -9,7 +9,6 @@ import pytest
 from undiffuse.build import DataInfo, architecture_signature, build_denoiser, build_schedule
 from undiffuse.config import (
     PRESETS,
-    ConfigError,
     apply_overrides,
     config_keys,
     diff_configs,
@@ -18,7 +17,7 @@ from undiffuse.config import (
     resolve_config,
     to_dict,
 )
-from undiffuse.errors import UserError
+from undiffuse.errors import ConfigError, UserError
 
 
 def test_presets_build_and_round_trip():
