@@ -118,7 +118,7 @@ def test_sample_run_at_strided_indices_equals_one_process(tmp_path):
     import undiffuse.api as api
     from undiffuse.baselines import train_baseline
     from undiffuse.config import resolve_config
-    from undiffuse.evaluation.report import sample_run
+    from undiffuse.evaluation.runs import sample_run
     from undiffuse.training import train
 
     cfg = resolve_config("toy:8gaussians", None, ["train.steps=3", "train.sample_every=0", "train.val_every=0",

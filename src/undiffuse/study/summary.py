@@ -133,7 +133,7 @@ def measure_cost(out_dir: str | os.PathLike, n_toy: int = 200, n_image: int = 50
         if unit.model == "diffusers":
             sample_peer(run_dir, n, seed=1, batch_size=n)
         else:
-            from undiffuse.evaluation.report import sample_run
+            from undiffuse.evaluation.runs import sample_run
 
             sampler, steps = TOY_SAMPLER if toy else FMNIST_SAMPLER
             sample_run(run_dir, range(n), 1, sampler=sampler, steps=steps, batch_size=n, device="cpu")

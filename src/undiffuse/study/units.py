@@ -140,7 +140,8 @@ def _baseline_nan(run_dir: Path) -> bool:
 
 
 def _evaluate_unit(unit: Unit, run_dir: Path, settings: StudySettings, toy: bool) -> dict:
-    from undiffuse.evaluation.report import evaluate_samples, sample_run
+    from undiffuse.evaluation.report import evaluate_samples
+    from undiffuse.evaluation.runs import sample_run
 
     n = settings.toy_samples if toy else settings.fmnist_samples
     res: dict[str, Any] = {}
