@@ -243,6 +243,17 @@ def test_cli_trains_on_16bit_images(tmp_path):
     assert main([str(a) for a in argv]) == 0
     model = undiffuse.load(run)
     assert model.data.shape == (1, 8, 8) and not model.data.discrete_8bit
+    # its samples are written at 16 bits: .npy levels and per-sample grey PNGs (mode I;16), same values
+    assert main(["sample", str(run), "--n", "3", "--steps", "2", "--out", str(tmp_path / "s.npy"), "--quiet"]) == 0
+    assert main(["sample", str(run), "--n", "3", "--steps", "2", "--out", f"{tmp_path}/each/", "--quiet"]) == 0
+    arr = np.load(tmp_path / "s.npy")
+    assert arr.dtype == np.uint16 and arr.shape == (3, 8, 8, 1)
+    png = Image.open(tmp_path / "each" / "000001.png")
+    assert png.mode in ("I;16", "I") and np.array_equal(np.asarray(png).astype(np.uint16), arr[1, ..., 0])
+    from undiffuse.data.images import from_levels
+    from undiffuse.evaluation.report import samples_to_model_units
+
+    torch.testing.assert_close(samples_to_model_units(arr, "image"), from_levels(arr, 16))  # eval reads them back
 
 
 def test_cli_trains_on_4_channel_patches_and_writes_them(tmp_path):

@@ -124,6 +124,12 @@ def _digits(arg: str, split: str, image_size: Optional[int] = None) -> Dataset:
     return Dataset(x, y, "image", "digits", 10, [str(k) for k in range(10)], discrete_8bit=False)
 
 
+def _bits_extra(bits: int) -> dict:
+    """What a run keeps of its images' bit depth: ``{"bits": 16}`` for 16-bit data (its samples are then
+    written as 16-bit levels), nothing for 8-bit."""
+    return {"bits": bits} if bits != 8 else {}
+
+
 def _folder(path: str, split: str, image_size: Optional[int] = None) -> Dataset:
     root = Path(path)
     if (root / "train").is_dir() and (root / "test").is_dir():
@@ -135,7 +141,7 @@ def _folder(path: str, split: str, image_size: Optional[int] = None) -> Dataset:
             raise DataError(f"image folder {root} holds no image files")
         image_size = min(image_header(files[0]).size)
     x, bits = read_folder(root, image_size)
-    return Dataset(x, None, "image", f"folder:{path}", discrete_8bit=bits == 8)
+    return Dataset(x, None, "image", f"folder:{path}", discrete_8bit=bits == 8, extra=_bits_extra(bits))
 
 
 def _patches(prefix: str):
@@ -143,7 +149,8 @@ def _patches(prefix: str):
              patches_per_image: Optional[int] = None) -> Dataset:  # fmt: skip
         sources = patch_sources(arg) if prefix == "patches" else medical_sources(arg)
         x, bits = cut_patches(sources, split, patch_size, patches_per_image, image_size)
-        return Dataset(x, None, "image", f"{prefix}{':' + arg if arg else ''}", discrete_8bit=bits == 8)
+        return Dataset(x, None, "image", f"{prefix}{':' + arg if arg else ''}", discrete_8bit=bits == 8,
+                       extra=_bits_extra(bits))
 
     return load
 

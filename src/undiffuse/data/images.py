@@ -53,6 +53,7 @@ __all__ = [
     "load_digits",
     "load_fashion_mnist",
     "read_image",
+    "to_levels",
     "load_folder",
     "make_grid",
     "open_image",
@@ -78,6 +79,16 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] float [N, C, H, W] → uint8 [N, H, W, C], u = round((x + 1)·127.5), clipped to 0..255."""
     u = ((x.detach().float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
     return u.permute(0, 2, 3, 1).contiguous()
+
+
+def to_levels(x: torch.Tensor, bits: int = 8) -> np.ndarray:
+    """[-1, 1] float [N, C, H, W] → ``bits``-bit levels [N, H, W, C] (uint8, or uint16 for 16 bits),
+    u = round((x + 1)·(2^bits − 1)/2) clipped: the inverse of :func:`from_levels`."""
+    if bits == 8:
+        return to_uint8(x).numpy()
+    top = 2**bits - 1
+    u = ((x.detach().double() + 1) * (top / 2)).round_().clamp_(0, top)
+    return u.permute(0, 2, 3, 1).numpy().astype(DTYPES[bits])
 
 
 def from_levels(u: Union[torch.Tensor, np.ndarray], bits: int = 8) -> torch.Tensor:

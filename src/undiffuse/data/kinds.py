@@ -59,10 +59,15 @@ class DataKind:
 # --- writers ------------------------------------------------------------------------------------------
 
 
-def _image_array(x: torch.Tensor) -> np.ndarray:
-    from undiffuse.data.images import to_uint8
+def _bits(info: Any) -> int:
+    """The bit depth of a run's images (``DataInfo.extra["bits"]``; 8 unless the data was 16-bit)."""
+    return int((getattr(info, "extra", None) or {}).get("bits", 8))
 
-    return to_uint8(x).numpy()  # uint8 [N, H, W, C]
+
+def _image_array(x: torch.Tensor, bits: int = 8) -> np.ndarray:
+    from undiffuse.data.images import to_levels
+
+    return to_levels(x, bits)  # uint8 (or uint16 for 16-bit data) [N, H, W, C]
 
 
 def _write_npy(arr: np.ndarray, path: Path) -> Path:
@@ -73,8 +78,8 @@ def _write_npy(arr: np.ndarray, path: Path) -> Path:
 
 
 def _image_npy(x: torch.Tensor, path: Path, info: Any, **_: Any) -> Path:
-    """uint8 [N, H, W, C] in data units."""
-    return _write_npy(_image_array(x), path)
+    """uint8 [N, H, W, C] levels in data units (uint16 for 16-bit data)."""
+    return _write_npy(_image_array(x, _bits(info)), path)
 
 
 def _image_grid(x: torch.Tensor, path: Path, info: Any, nrow: Optional[int] = None, **_: Any) -> Path:
@@ -93,7 +98,8 @@ def _image_dir(x: torch.Tensor, path: Path, info: Any, start: int = 0, total: Op
     width = max(6, len(str((total or start + len(x)) - 1)))
     from undiffuse.data.images import display_channels
 
-    for k, u in enumerate(_image_array(display_channels(x))):  # a PNG shows 1 or 3 channels; .npy keeps all
+    shown = display_channels(x)  # a PNG shows 1 or 3 channels (16-bit only for grey); .npy keeps all
+    for k, u in enumerate(_image_array(shown, _bits(info) if shown.shape[1] == 1 else 8)):
         with atomic_path(path / f"{start + k:0{width}d}.png") as tmp:
             Image.fromarray(u[..., 0] if u.shape[-1] == 1 else u).save(tmp, format="PNG")
     return path
@@ -195,7 +201,7 @@ def save_samples(x: torch.Tensor, path: PathLike, data: Any, reference: Optional
 class SampleStream:
     """A per-batch writer for :func:`undiffuse.samplers.driver.drive` (``write=stream``) that holds at
     most one batch in memory: ``.npy`` → one array [n, …] through ``numpy.lib.format.open_memmap``
-    (uint8 [n, H, W, C] for images, float32 otherwise) in a temporary file renamed onto ``path`` by
+    (uint8 [n, H, W, C] for images — uint16 for 16-bit data — float32 otherwise) in a temporary file renamed onto ``path`` by
     :meth:`close`; ``dir`` → one file per sample as it comes. Use as a context manager."""
 
     def __init__(self, path: PathLike, data: Any, n: int) -> None:
@@ -209,14 +215,17 @@ class SampleStream:
             shape = (n, *rest, c) if data.kind == "image" else (n, *data.shape)
             self._ctx = atomic_path(self.path)
             tmp = self._ctx.__enter__()
-            dtype = np.uint8 if data.kind == "image" else np.float32
+            dtype = (np.uint16 if _bits(data) == 16 else np.uint8) if data.kind == "image" else np.float32
             self.arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
 
     def __call__(self, start: int, x: torch.Tensor) -> None:
         if self.arr is None:
             _image_dir(x, self.path, self.data, start=start, total=self.n)
             return
-        self.arr[start : start + len(x)] = _image_array(x.cpu()) if self.data.kind == "image" else x.float().cpu().numpy()
+        if self.data.kind == "image":
+            self.arr[start : start + len(x)] = _image_array(x.cpu(), _bits(self.data))
+        else:
+            self.arr[start : start + len(x)] = x.float().cpu().numpy()
 
     def close(self, ok: bool = True) -> Path:
         if self._ctx is not None:

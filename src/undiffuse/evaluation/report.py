@@ -87,22 +87,25 @@ def load_reference(data_spec: str, split: str = "test", image_size: Optional[int
 def samples_to_model_units(samples: Union[torch.Tensor, np.ndarray], kind: str) -> torch.Tensor:
     """Samples as the models produce them: images float32 [N, C, H, W] in [−1, 1], vectors float32 [N, D].
 
-    Images may come as uint8 [N, H, W], [N, H, W, C] (C ∈ {1, 3}) or [N, C, H, W], or as float [N, C, H, W]
-    already in [−1, 1]. Raises UserError for anything else.
+    Images may come as uint8 (or uint16, 16-bit data) [N, H, W], [N, H, W, C] (C ∈ {1, 3}) or [N, C, H, W], or
+    as float [N, C, H, W] already in [−1, 1]. Raises UserError for anything else.
     """
+    half = 127.5  # (2^bits − 1)/2 of integer levels
+    if isinstance(samples, np.ndarray) and samples.dtype == np.uint16:  # 16-bit data's samples
+        samples, half = samples.astype(np.int32), 32767.5
     x = torch.as_tensor(np.asarray(samples)) if not isinstance(samples, torch.Tensor) else samples.detach().cpu()
     if kind == "vector":
         if x.ndim != 2 or not x.is_floating_point():
             raise UserError(f"toy samples must be float [N, D], got {x.dtype} {tuple(x.shape)}")
         return x.float()
-    if x.dtype == torch.uint8:
+    if x.dtype == torch.uint8 or half != 127.5:
         if x.ndim == 3:
             x = x[:, None]
         elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
             x = x.permute(0, 3, 1, 2)
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise UserError(f"image samples must be uint8 [N, H, W, C] with C in 1 or 3, got {tuple(x.shape)}")
-        return x.float() / 127.5 - 1.0
+        return x.float() / half - 1.0
     if x.ndim != 4 or not x.is_floating_point():
         raise UserError(f"image samples must be uint8 [N, H, W, C] or float [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
     return x.float().clamp(-1, 1)
