@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-
 from conftest import tiny_config
+from safetensors import safe_open
 
 import undiffuse
 import undiffuse.runs.checkpoint as ck

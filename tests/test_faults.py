@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import TINY_RUN, tiny_config
+from safetensors.torch import load_file, save_file
 
 import undiffuse
 import undiffuse.runs.diffusion as runs_diffusion

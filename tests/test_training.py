@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 import undiffuse.training.step as step_mod
 from undiffuse.config import apply_overrides, get_preset
 from undiffuse.errors import TrainingError, UserError
-from undiffuse.runs import latest_checkpoint, list_checkpoints
-from undiffuse.training import ema_beta, lr_at, train
 from undiffuse.rng import derive_seed
+from undiffuse.runs import latest_checkpoint, list_checkpoints
 from undiffuse.sampling import sample
+from undiffuse.training import ema_beta, lr_at, train
 from undiffuse.training.keyed import example_indices, shard_positions
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small ops: OpenMP threads only contend

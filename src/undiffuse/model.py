@@ -15,9 +15,9 @@ import torch
 from undiffuse.build import DataInfo, build_denoiser
 from undiffuse.config import RunConfig
 from undiffuse.diffusion.precond import Precond
-from undiffuse.schedules.discrete import Schedule
-from undiffuse.runs import load_weights_into, open_checkpoint
 from undiffuse.rng import pick_device
+from undiffuse.runs import load_weights_into, open_checkpoint
+from undiffuse.schedules.discrete import Schedule
 
 __all__ = ["Model", "load"]
 

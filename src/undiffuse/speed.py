@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -20,8 +20,18 @@ from torch import nn
 from undiffuse.baselines.gan import GAN, build_gan
 from undiffuse.baselines.vae import VAE, build_vae
 from undiffuse.errors import CheckpointError, brief
-from undiffuse.runs import Checkpoint, config_diff, load_checkpoint, load_optimizer_tensors, load_weights_into
-from undiffuse.runs import optimizer_tensors, read_config_json, read_newest, refuse_config_edit, save_checkpoint
+from undiffuse.runs import (
+    Checkpoint,
+    config_diff,
+    load_checkpoint,
+    load_optimizer_tensors,
+    load_weights_into,
+    optimizer_tensors,
+    read_config_json,
+    read_newest,
+    refuse_config_edit,
+    save_checkpoint,
+)
 
 __all__ = ["KINDS", "BaselineConfig", "save_baseline", "open_baseline", "resume_baseline", "load_baseline"]
 

@@ -29,12 +29,19 @@ import torch
 from torch import nn
 
 from undiffuse.baselines.gan import GAN
-from undiffuse.baselines.run import KINDS, BaselineConfig, load_baseline, open_baseline, resume_baseline, save_baseline
+from undiffuse.baselines.run import (
+    KINDS,
+    BaselineConfig,
+    load_baseline,
+    open_baseline,
+    resume_baseline,
+    save_baseline,
+)
 from undiffuse.baselines.vae import VAE
 from undiffuse.data import load_dataset
 from undiffuse.io import write_json
-from undiffuse.runs import latest_checkpoint, lock_run, truncate_log, write_config_json
 from undiffuse.rng import randn_from
+from undiffuse.runs import latest_checkpoint, lock_run, truncate_log, write_config_json
 from undiffuse.samplers.driver import drive
 
 __all__ = [

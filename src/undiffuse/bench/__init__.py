@@ -23,7 +23,6 @@ from typing import Callable, Iterator, Optional, Union
 import torch
 
 from undiffuse.bench.report import device_name, format_table, row, versions, write_results
-from undiffuse.progress import note, progress
 from undiffuse.bench.throughput import (
     Setup,
     interleaved,
@@ -32,6 +31,7 @@ from undiffuse.bench.throughput import (
     sampler_fn,
     trainer_fn,
 )
+from undiffuse.progress import note, progress
 from undiffuse.speed import TrainOptions, bf16_supported, default_sample_options, default_train_options
 
 __all__ = ["add_quality", "format_table", "run_bench", "torch_threads"]

@@ -144,8 +144,8 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace):
     from undiffuse.baselines import KINDS as BASELINE_KINDS
     from undiffuse.evaluation.report import evaluate_samples
     from undiffuse.evaluation.runs import sample_run
-    from undiffuse.runs import run_kind
     from undiffuse.progress import sampling_progress
+    from undiffuse.runs import run_kind
     from undiffuse.training import distributed as D
 
     ctx = D.setup(args.device)

@@ -21,7 +21,13 @@ from typing import Optional
 
 import torch
 
-from undiffuse.diffusion.precond import DenoiserOutput, DenoiserWrapper, Precond, append_dims, precond_coefficients
+from undiffuse.diffusion.precond import (
+    DenoiserOutput,
+    DenoiserWrapper,
+    Precond,
+    append_dims,
+    precond_coefficients,
+)
 from undiffuse.diffusion.process import q_sample
 from undiffuse.losses.vlb import LN2, vlb_term
 from undiffuse.schedules.discrete import Schedule

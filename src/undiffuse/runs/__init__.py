@@ -31,8 +31,8 @@ from undiffuse.runs.diffusion import (
     resume_point,
     saved_config,
 )
-from undiffuse.runs.optim import load_optimizer_tensors, optimizer_tensors
 from undiffuse.runs.lock import RunLock, lock_holder, lock_run
+from undiffuse.runs.optim import load_optimizer_tensors, optimizer_tensors
 from undiffuse.runs.rundir import (
     check_new_run_dir,
     config_diff,

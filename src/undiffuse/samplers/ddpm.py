@@ -10,9 +10,9 @@ from typing import Callable, Optional
 
 import torch
 
+from undiffuse.diffusion.precond import append_dims
 from undiffuse.diffusion.process import q_posterior_mean_variance
 from undiffuse.diffusion.reverse import model_log_variance
-from undiffuse.diffusion.precond import append_dims
 from undiffuse.samplers.common import Generators, denoiser_output, emit, randn_like, to_d
 from undiffuse.schedules.discrete import Schedule
 

@@ -18,7 +18,6 @@ A NaN/inf loss stops training before the bad update, keeps the last good checkpo
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import json
 import math
 import os
@@ -32,13 +31,21 @@ import torch
 from undiffuse.build import architecture_signature, build_denoiser
 from undiffuse.config import RunConfig, to_dict
 from undiffuse.errors import TrainingError, UserError
-from undiffuse.runs import RunLock, check_signature, load_weights_into, lock_run, resume_point, save_checkpoint
-from undiffuse.runs import truncate_log, write_config_json
-from undiffuse.training import distributed as D
-from undiffuse.training.ema import EMA, ema_beta
-from undiffuse.rng import derive_seed
 from undiffuse.plots import loss_plot
 from undiffuse.progress import progress as progress_bar
+from undiffuse.rng import derive_seed
+from undiffuse.runs import (
+    RunLock,
+    check_signature,
+    load_weights_into,
+    lock_run,
+    resume_point,
+    save_checkpoint,
+    truncate_log,
+    write_config_json,
+)
+from undiffuse.training import distributed as D
+from undiffuse.training.ema import EMA, ema_beta
 from undiffuse.training.rundir import StopFlag, load_training_data
 from undiffuse.training.step import StepEngine, make_optimizer, resolve_precision
 
