@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from undiffuse.data.series import series_units
 from undiffuse.errors import UserError
 from undiffuse.model import Model
 from undiffuse.sampling import sample
@@ -40,8 +41,7 @@ def forecast_paths(model: Model, context: np.ndarray, horizon: int, n: int = 200
     x_known[:, : L - horizon] = torch.from_numpy(past).float()
     cond = {"known": known.reshape(n, -1).to(model.device), "x_known": x_known.reshape(n, -1).to(model.device)}
     x = sample(model, n, seed, sampler="multinomial", steps=steps, cond=cond, batch_size=batch_size)
-    w = x.double().cpu().reshape(n, L, C).numpy() * np.array(s["std"]) + np.array(s["mean"])
-    return w[:, L - horizon :].astype(np.float32)
+    return series_units(x, model.data)[:, L - horizon :]
 
 
 def crps(paths: np.ndarray, truth: np.ndarray) -> np.ndarray:
