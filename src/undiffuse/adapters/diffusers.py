@@ -29,7 +29,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from undiffuse.diffusion.precond import Precond
+from undiffuse.diffusion.precond import Precond, append_dims
 from undiffuse.errors import CheckpointError, ConfigError, UserError, brief
 from undiffuse.schedules.discrete import Schedule
 
@@ -240,7 +240,7 @@ class DenoiserAsEpsModel:
         sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).to(x_t.device).expand(x_t.shape[0])  # [B]
         if torch.isinf(sigma).any():
             raise ValueError("σ = ∞ (zero terminal SNR) has no ε-form; use an undiffuse sampler")
-        s = sigma.to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
+        s = append_dims(sigma, x_t)
         x = x_t * torch.sqrt(1 + s**2)
         return (x - self.denoiser(x, sigma)) / s
 

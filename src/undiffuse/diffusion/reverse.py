@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
-from undiffuse.diffusion.precond import denoise
+from undiffuse.diffusion.precond import append_dims, denoise
 from undiffuse.diffusion.process import extract, q_posterior_mean_variance
 from undiffuse.schedules.discrete import Schedule
 
@@ -72,7 +72,7 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float = 0.995) -> torch.Tens
     sample; clip to [−s, s] and divide by s."""
     flat = x0.reshape(x0.shape[0], -1).abs().float()
     s = torch.quantile(flat, percentile, dim=1).clamp(min=1.0).to(x0.dtype)
-    s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+    s = append_dims(s, x0)
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
