@@ -54,9 +54,10 @@ def sample_generators(seed: Union[int, Sequence[int]], indices: Sequence[int], d
     return [generator(derive_seed(s, stream, int(i)), device) for s, i in zip(seeds, indices)]
 
 
-def randn_from(gens: Sequence[torch.Generator], shape: Sequence[int], device: Device = "cpu") -> torch.Tensor:
+def randn_from(gens: Sequence[torch.Generator], shape: Sequence[int], device: Device = "cpu",
+               dtype: Optional[torch.dtype] = None) -> torch.Tensor:  # fmt: skip
     """Standard normal noise [len(gens), *shape]: row i drawn from ``gens[i]`` alone."""
-    return torch.stack([torch.randn(tuple(shape), generator=g, device=g.device) for g in gens]).to(device)
+    return torch.stack([torch.randn(tuple(shape), generator=g, device=g.device, dtype=dtype) for g in gens]).to(device)
 
 
 def starting_noise(gens: Sequence[torch.Generator], shape: Sequence[int], sigma_max: Union[float, torch.Tensor],

@@ -7,6 +7,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from undiffuse.diffusion.precond import DenoiserOutput, DenoiserWrapper, append_dims, denoise
+from undiffuse.rng import randn_from
 
 __all__ = ["Generators", "randn_like", "to_d", "Counted", "emit", "denoiser_output"]
 
@@ -21,9 +22,7 @@ def randn_like(x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
     if len(generator) != x.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
-    return torch.stack(
-        [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]
-    ).to(x.device)
+    return randn_from(generator, x.shape[1:], x.device, x.dtype)
 
 
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
