@@ -25,7 +25,7 @@ from undiffuse.data.tablefiles import csv_text, read_csv
 from undiffuse.io import write_text
 
 __all__ = ["BUILTIN_SERIES", "read_series", "load_series", "to_windows", "series_units", "write_series_npy",
-           "write_series_csv", "write_series_png", "TEST_FRACTION"]  # fmt: skip
+           "write_series_csv", "write_series_png", "TEST_FRACTION", "train_steps"]  # fmt: skip
 
 BUILTIN_SERIES = ("sp500", "nasdaq", "macro")
 TEST_FRACTION = 0.2
@@ -66,6 +66,11 @@ def read_series(arg: str) -> tuple[np.ndarray, list[str]]:
     return vals, header[1:]
 
 
+def train_steps(total: int) -> int:
+    """How many of a series' ``total`` steps train (the first 80 %); the rest are held out."""
+    return int(round(total * (1 - TEST_FRACTION)))
+
+
 def to_windows(values: torch.Tensor, length: int, stride: int) -> torch.Tensor:
     """Windows [N, L, C] of ``length`` steps every ``stride`` steps of values [T, C]."""
     return values.unfold(0, length, stride).permute(0, 2, 1).contiguous()
@@ -76,7 +81,7 @@ def load_series(arg: str, split: str, window: Optional[int] = None):
     from undiffuse.data import Dataset
 
     vals, names = read_series(arg)
-    cut = int(round(len(vals) * (1 - TEST_FRACTION)))
+    cut = train_steps(len(vals))
     L = window or min(64, (len(vals) - cut) // 4)
     if L < 2 or len(vals) - cut < 2 * L:
         raise DataError(f"series {arg} has {len(vals)} steps: too few for windows of {L} with 20 % held out — "

@@ -11,7 +11,7 @@ from typing import Optional, Union
 import numpy as np
 
 from undiffuse.data import load_dataset
-from undiffuse.data.series import TEST_FRACTION, read_series, series_units
+from undiffuse.data.series import read_series, series_units, train_steps
 from undiffuse.evaluation.series import (
     bootstrap_windows,
     compare_facts,
@@ -69,7 +69,7 @@ def forecast_scores(model: Model, horizon: int = 20, n: int = 200, seed: int = 0
     the coverage of 90 % intervals (per step), the model's paths beside GARCH(1,1)-t's."""
     arg = model.data.name.split(":", 1)[1]
     vals = read_series(arg)[0]
-    cut = int(round(len(vals) * (1 - TEST_FRACTION)))
+    cut = train_steps(len(vals))
     L = model.data.extra["series"]["length"]
     garch = _garch_paths(vals[:, 0], cut, horizon, n, seed)
     origins = [o for o in range(max(cut, L - horizon), len(vals) - horizon + 1, horizon)]
