@@ -217,7 +217,11 @@ def _modality_lut():
 
 
 def _dicom_header(f: Path) -> ImageHeader:
-    ds = _dcmread(f, pixels=False)
+    return _dicom_layout(_dcmread(f, pixels=False), f)
+
+
+def _dicom_layout(ds, f: Path) -> ImageHeader:
+    """The :class:`ImageHeader` of a DICOM dataset already read (with or without its pixels)."""
     frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1))
     if frames > 1 and samples > 1:
         raise DataError(f"DICOM file {f} has {frames} colour frames — give grey frames (one channel each) or one colour frame")
@@ -231,7 +235,8 @@ def _dicom_pixels(f: Path) -> np.ndarray:
     """DICOM pixels as levels: grey frames through the modality transform (RescaleSlope/Intercept or a
     modality LUT), windowed to the transform's range over every storable value, so the full stored range
     spans 0..2^b − 1 (MONOCHROME1 inverted so that high is bright); colour scaled by the stored range."""
-    h, ds = _dicom_header(f), _dcmread(f, pixels=True)
+    ds = _dcmread(f, pixels=True)
+    h = _dicom_layout(ds, f)
     b = int(ds.BitsStored)
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     stored = np.arange(-(1 << (b - 1)), 1 << (b - 1)) if signed else np.arange(0, 1 << b)
