@@ -52,21 +52,20 @@ def _sampler_options(name: str) -> dict:
 
 
 def _own_sampling(model: Model) -> tuple[str, int]:
-    """The run's own sampler and steps (its config's ``sample`` section; ddim, 50 for older runs; a table's
-    multinomial sampler)."""
+    """The run's own sampler and steps (its config's ``sample`` section, whose defaults ddim, 50 older runs
+    read; a table's multinomial sampler)."""
     if model.data.kind == "table":
         from undiffuse.tables import TABLE_STEPS
 
         return "multinomial", TABLE_STEPS
-    own = getattr(model.config, "sample", None)
-    return (own.sampler, own.steps) if own is not None else ("ddim", 50)
+    return model.config.sample.sampler, model.config.sample.steps
 
 
 def samplers_for(model: Model) -> list[str]:
     """The samplers that can drive this model: those whose callable is of the kind its own sampler takes
     (a denoiser D(x; σ), a distilled student's consistency function, a table's mixed-row denoiser)."""
-    want = getattr(registry.spec(_own_sampling(model)[0]), "model", "denoiser")
-    return [name for name, spec in registry.SPECS.items() if getattr(spec, "model", "denoiser") == want]
+    want = registry.spec(_own_sampling(model)[0]).model
+    return [name for name, spec in registry.SPECS.items() if spec.model == want]
 
 
 class Catalog:
@@ -108,12 +107,13 @@ class Catalog:
         m, cfg = e.model, e.model.config.model
         classes = m.data.num_classes if cfg.class_cond else None
         names = list(m.data.class_names or []) if classes else None
+        sampler, steps = _own_sampling(m)
         return {
             "name": e.name, "ok": True, "kind": m.data.kind, "data": m.data.name, "shape": list(m.data.shape),
             "step": m.step, "T": m.schedule.T, "classes": classes, "class_names": names,
-            "text": bool(getattr(cfg, "text_cond", False)), "guidance": bool(cfg.class_cond or getattr(cfg, "text_cond", False)) and m.data.kind != "table",
-            "editable": m.data.kind in EDITABLE and not getattr(cfg, "sr_from", None),
+            "text": cfg.text_cond, "guidance": (cfg.class_cond or cfg.text_cond) and m.data.kind != "table",
+            "editable": m.data.kind in EDITABLE and not cfg.sr_from,
             "samplers": [_sampler_options(s) for s in samplers_for(m)], "formats": formats_of(m.data.kind),
-            "default_sampler": _own_sampling(m)[0], "default_steps": _own_sampling(m)[1],
+            "default_sampler": sampler, "default_steps": steps,
             "max_n": limits.max_n, "max_steps": min(limits.max_steps, m.schedule.T),
         }  # fmt: skip
