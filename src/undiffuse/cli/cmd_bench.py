@@ -63,7 +63,7 @@ def parse_runs(items: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from undiffuse.bench import run_bench
 
-    # --threads is set for the whole process by cli.common.apply_common
+    # --threads is set for the whole process by cli.common.common_settings
     run_bench(quick=args.quick, device=args.device, out_dir=args.out, run_dirs=parse_runs(args.run) or None,
               fd_samples=args.fd_samples, repeats=args.repeats, memory=not args.no_memory, oracle=not args.no_oracle,
               compile_best=not args.no_compile)  # fmt: skip

@@ -80,16 +80,14 @@ def mask_from_image(img, image_size: tuple, shape, name: str = "mask"):
     from undiffuse.errors import UserError
 
     _, h, w = shape
-    path = name
     if img.size not in (image_size, (w, h)):
-        raise UserError(f"mask {path} is {img.size[0]}×{img.size[1]} but the image is {image_size[0]}×{image_size[1]} "
+        raise UserError(f"mask {name} is {img.size[0]}×{img.size[1]} but the image is {image_size[0]}×{image_size[1]} "
                         f"(model {w}×{h}) — give a mask of the image's size")  # fmt: skip
     if img.size != (w, h):
         from undiffuse.data.images import resize_crop
 
         img = resize_crop(img, h).point(lambda v: 255 if v >= 128 else 0)
-    m = torch.from_numpy((np.asarray(img) >= 128).astype(np.float32))[None, None]
-    return m
+    return torch.from_numpy((np.asarray(img) >= 128).astype(np.float32))[None, None]
 
 
 def save_image(x, path: str) -> None:
