@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["acf", "stylised_facts", "discriminative_score", "garch_windows", "bootstrap_windows", "compare_facts"]
+__all__ = ["acf", "stylised_facts", "discriminative_score", "garch_windows", "fit_garch", "bootstrap_windows",
+           "compare_facts"]  # fmt: skip
 
 
 def acf(x: np.ndarray, lags: int) -> np.ndarray:
@@ -74,12 +75,20 @@ def discriminative_score(real: np.ndarray, synth: np.ndarray, seed: int = 0) -> 
     return float(abs(acc - 0.5))
 
 
-def garch_windows(train: np.ndarray, n: int, length: int, seed: int = 0) -> tuple[np.ndarray, dict]:
-    """n windows of GARCH(1,1) with Student-t innovations (Bollerslev 1986/1987) fitted with ``arch`` to the
-    training returns [T]; each window starts from the fitted model's stationary state (500 burn-in steps)."""
+def fit_garch(returns: np.ndarray):
+    """GARCH(1,1) with Student-t innovations (Bollerslev 1986/1987) fitted with ``arch`` to returns [T]
+    (the arch result; no rescaling)."""
     from arch.univariate import GARCH, ConstantMean, StudentsT
 
-    res = ConstantMean(train, volatility=GARCH(1, 0, 1), distribution=StudentsT(), rescale=False).fit(disp="off")
+    return ConstantMean(returns, volatility=GARCH(1, 0, 1), distribution=StudentsT(), rescale=False).fit(disp="off")
+
+
+def garch_windows(train: np.ndarray, n: int, length: int, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """n windows of GARCH(1,1)-t (:func:`fit_garch`) fitted to the training returns [T]; each window starts
+    from the fitted model's stationary state (500 burn-in steps)."""
+    from arch.univariate import GARCH, ConstantMean, StudentsT
+
+    res = fit_garch(train)
     sim = ConstantMean(None, volatility=GARCH(1, 0, 1), distribution=StudentsT(seed=np.random.default_rng(seed)))
     out = np.stack([sim.simulate(res.params.to_numpy(), length, burn=500)["data"].to_numpy() for _ in range(n)])
     return out, {k: float(v) for k, v in res.params.items()}

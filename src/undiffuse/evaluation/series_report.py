@@ -16,6 +16,7 @@ from undiffuse.evaluation.series import (
     bootstrap_windows,
     compare_facts,
     discriminative_score,
+    fit_garch,
     garch_windows,
     stylised_facts,
 )
@@ -58,7 +59,7 @@ def _garch_paths(r: np.ndarray, cut: int, horizon: int, n: int, seed: int) -> np
     """GARCH(1,1)-t fitted on r[:cut], simulated forward from every origin cut−1+k: [T − cut, n, horizon]."""
     from arch.univariate import GARCH, ConstantMean, StudentsT
 
-    res = ConstantMean(r[:cut], volatility=GARCH(1, 0, 1), distribution=StudentsT(), rescale=False).fit(disp="off")
+    res = fit_garch(r[:cut])
     full = ConstantMean(r, volatility=GARCH(1, 0, 1), distribution=StudentsT(seed=np.random.default_rng(seed)),
                         rescale=False)  # fmt: skip
     return full.forecast(res.params, horizon=horizon, start=cut - 1, method="simulation", simulations=n).simulations.values
