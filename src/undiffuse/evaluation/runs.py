@@ -46,7 +46,6 @@ def sample_run(
         info = {}
         x = sample(m, len(idx), seed, sampler=sampler, steps=steps, eta=eta, batch_size=batch_size,
                    info=info, indices=idx, callback=callback)  # fmt: skip
-        x = x if len(idx) else torch.empty(0, *m.data.shape)
         info["kind"] = "diffusion"
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     info.update(seconds=seconds, seconds_per_sample=seconds / max(len(idx), 1), n=len(idx), cpu_seconds=cpu,
