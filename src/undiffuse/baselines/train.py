@@ -273,7 +273,7 @@ def sample_indices(
     def run_batch(z: torch.Tensor, gens: list, cond: dict, offset: int) -> torch.Tensor:
         if cfg.kind == "gan":
             return model(z.to(dev))
-        noise = randn_from(gens, cfg.data_shape).to(dev) if noisy else None
+        noise = randn_from(gens, cfg.data_shape, dev) if noisy else None
         return model.sample(z.to(dev), noise)
 
     x = drive(run_batch, (model.z_dim,), indices, seed=seed, sigma_max=1.0, batch_size=batch_size).x
