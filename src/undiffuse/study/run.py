@@ -46,9 +46,9 @@ def run_study(
         write_json(path, res)
         log(f"[study] {unit.name}: {_brief(res)}")
         results.append(res)
-    all_results = load_results(out)
-    write_json(out / "summary.json", aggregate(all_results))
-    write_text(out / "summary.md", summary_markdown(aggregate(all_results)))
+    summary = aggregate(load_results(out))
+    write_json(out / "summary.json", summary)
+    write_text(out / "summary.md", summary_markdown(summary))
     return results
 
 
