@@ -14,7 +14,7 @@ from undiffuse.model import Model, load
 from undiffuse.samplers import registry
 from undiffuse.serve.limits import Limits, ServeError
 
-__all__ = ["Served", "Catalog", "formats_of", "samplers_for", "EDITABLE"]
+__all__ = ["Served", "Catalog", "formats_of", "samplers_for", "editable", "EDITABLE"]
 
 #: kinds the edit endpoint (inpainting, SDEdit) accepts
 EDITABLE = ("image",)
@@ -33,6 +33,11 @@ class Served:
 def formats_of(kind: str) -> list[str]:
     """The response formats of a kind: its writers' suffixes (a directory of files is not a response)."""
     return [t.lstrip(".") for t in KINDS[kind].writers if t != "dir"]
+
+
+def editable(model: Model) -> bool:
+    """Whether the edit endpoint takes this model: an image run that is not a super-resolution one."""
+    return model.data.kind in EDITABLE and not model.config.model.sr_from
 
 
 def _unique_names(dirs: Sequence[Path]) -> list[str]:
@@ -112,7 +117,7 @@ class Catalog:
             "name": e.name, "ok": True, "kind": m.data.kind, "data": m.data.name, "shape": list(m.data.shape),
             "step": m.step, "T": m.schedule.T, "classes": classes, "class_names": names,
             "text": cfg.text_cond, "guidance": (cfg.class_cond or cfg.text_cond) and m.data.kind != "table",
-            "editable": m.data.kind in EDITABLE and not cfg.sr_from,
+            "editable": editable(m),
             "samplers": [_sampler_options(s) for s in samplers_for(m)], "formats": formats_of(m.data.kind),
             "default_sampler": sampler, "default_steps": steps,
             "max_n": limits.max_n, "max_steps": min(limits.max_steps, m.schedule.T),

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from undiffuse.conditioning import conditioning
 from undiffuse.errors import UserError
 from undiffuse.samplers import registry
-from undiffuse.serve.catalog import EDITABLE, Catalog
+from undiffuse.serve.catalog import Catalog, editable
 from undiffuse.serve.limits import Limits, ServeError, TooLarge
 from undiffuse.serve.outputs import check_format
 from undiffuse.serve.work import EditWork, SampleWork, TableWork
@@ -158,7 +158,7 @@ def edit_work(f: EditFields, image: bytes, mask: Optional[bytes], catalog: Catal
     from undiffuse.cli.cmd_edit import mask_from_image
 
     model = catalog.model(f.model)
-    if model.data.kind not in EDITABLE or getattr(model.config.model, "sr_from", None):
+    if not editable(model):
         raise ServeError(f"model {f.model!r} models {model.data.kind} data — editing needs an image model")
     _check_common(model, f.sampler, f.steps, limits)
     _check_eta(f.eta, "ddim")
