@@ -76,9 +76,9 @@ def sample_rows(model: Model, n: int, seed: int = 0, steps: int = TABLE_STEPS, c
     """Rows [n, W] in model units (write them with :func:`undiffuse.data.kinds.save_samples`)."""
     schema = schema_of(model)
     idx = list(range(n)) if indices is None else [int(i) for i in indices]
-    cond = None
-    if target_block(schema) is not None:
-        K = model.data.num_classes or (target_block(schema).stop - target_block(schema).start)
+    cond, sl = None, target_block(schema)
+    if sl is not None:
+        K = model.data.num_classes or (sl.stop - sl.start)
         if class_label is not None and not 0 <= class_label < K:
             raise UserError(f"class {class_label} is out of range — the target has classes 0..{K - 1} ({', '.join(model.data.class_names or ())})")
         labels = class_draws(schema, idx, seed) if class_label is None else torch.full((len(idx),), int(class_label))

@@ -20,13 +20,18 @@ def is_table_run(run_dir: str) -> bool:
 
 def _sampler(args: argparse.Namespace) -> int:
     """The steps of the multinomial sampler (refusing another sampler or options it does not take)."""
-    from undiffuse.tables import TABLE_STEPS
-
     if getattr(args, "sampler", None) not in (None, "ddim", "multinomial"):
         raise UserError(f"tables are sampled with the multinomial sampler (TabDDPM), not {args.sampler} — drop --sampler")
     for flag in ("eta", "guidance", "threshold", "prompt", "lowres", "gif", "spacing"):
         if getattr(args, flag, None) not in (None, False):
             raise UserError(f"--{flag} does not apply to table runs — drop it")
+    return _steps(args)
+
+
+def _steps(args: argparse.Namespace) -> int:
+    """--steps, or the tables' default in place of the image default (50) or none."""
+    from undiffuse.tables import TABLE_STEPS
+
     return args.steps if args.steps not in (None, 50) else TABLE_STEPS
 
 
@@ -68,9 +73,8 @@ def edit_table(args: argparse.Namespace) -> int:
 def eval_table(args: argparse.Namespace, run_dir: Path) -> int:
     """``undiffuse eval RUN`` for a table run: RUN/eval.json and RUN/eval.md (or --out PREFIX)."""
     from undiffuse.evaluation.table_report import evaluate_table_run, table_markdown
-    from undiffuse.tables import TABLE_STEPS
 
-    steps = args.steps if args.steps not in (None, 50) else TABLE_STEPS
+    steps = _steps(args)
     n = args.n if args.n != 2500 else None  # the image/toy default: tables use the training split's size
     report = evaluate_table_run(run_dir, args.seed, steps, n, args.device)
     return _write_report(report, table_markdown(report), run_dir, args.out)
