@@ -31,7 +31,7 @@ class GaussianOracle(DenoiserWrapper):
         self.schedule, self.optimal_variance = schedule, optimal_variance
 
     def _gain(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        s2 = append_dims(sigma.double(), x.double()) ** 2
+        s2 = sigma.double().reshape(-1, *([1] * (x.ndim - 1))) ** 2  # float64 (append_dims would cast to x's dtype)
         return (self.s**2 / (self.s**2 + s2)).to(x.dtype)
 
     def posterior_var(self, sigma: torch.Tensor) -> torch.Tensor:
