@@ -159,13 +159,8 @@ class Batcher:
         t0 = time.perf_counter()
         try:
             results = group[0].work.run(group, step)
-        except Cancelled as e:
-            self.stats["cancelled"] += len(group)
-            for job in group:
-                job.fail(e)
-            return
         except Exception as e:  # one model's or request's failure answers its requests, never stops the worker
-            self.stats["failed"] += len(group)
+            self.stats["cancelled" if isinstance(e, Cancelled) else "failed"] += len(group)
             for job in group:
                 job.fail(e)
             return
