@@ -94,6 +94,11 @@ def open_checkpoint(
     return read_newest(run_dir, checkpoint, read)
 
 
+def _nothing_to_resume(run_dir: PathLike) -> TrainingError:
+    return TrainingError(f"nothing to resume: {run_dir} holds no checkpoint — start a new run without --resume "
+                         "(into an empty or new directory)")  # fmt: skip
+
+
 def saved_config(run_dir: PathLike) -> RunConfig:
     """The configuration a run was trained with: its latest checkpoint's (the one that rules), else its
     config.json (a run stopped before its first checkpoint)."""
@@ -102,8 +107,7 @@ def saved_config(run_dir: PathLike) -> RunConfig:
         return from_dict(read_state(ckpt)["config"])
     d = _diffusion_json(run_dir)
     if d is None:
-        raise TrainingError(f"nothing to resume: {run_dir} holds no checkpoint — start a new run without --resume "
-                            "(into an empty or new directory)")  # fmt: skip
+        raise _nothing_to_resume(run_dir)
     return from_dict(d)
 
 
@@ -140,8 +144,7 @@ def resume_point(run_dir: PathLike, given: Optional[RunConfig], steps: Optional[
     config rule against config.json, then ``given`` merged (TrainingError if there is nothing to resume
     or ``given`` contradicts the checkpoint)."""
     if latest_checkpoint(run_dir) is None:
-        raise TrainingError(f"nothing to resume: {run_dir} holds no checkpoint — start a new run without --resume "
-                            "(into an empty or new directory)")  # fmt: skip
+        raise _nothing_to_resume(run_dir)
 
     def read(path: Path) -> ResumePoint:
         ckpt = load_checkpoint(path, map_location=map_location)
