@@ -124,16 +124,18 @@ def _distill_timed(teacher: str, out: Path, method: str, steps: int, start: int,
 def student_rows(teacher: str, work: Path, method: str, steps: int, start: int, score, n: int,
                  overrides: list[str]) -> list[dict]:  # fmt: skip
     import undiffuse.api as api
+    from undiffuse.runs import saved_config
     from undiffuse.training.distill import progressive_rounds
 
     out = work / method
     cpu = _distill_timed(teacher, out, method, steps, start, overrides)
     rounds = progressive_rounds(start, 1)
+    round_steps = saved_config(out).distill.round_steps
     rows = []
     for k in STEPS[::-1]:
         if method == "progressive":  # the checkpoint at the end of the k-step round
             rnd = rounds.index(k) + 1
-            step = rnd * api.load(out).config.distill.round_steps
+            step = rnd * round_steps
             model, cost = api.load(out, step), cpu * rnd / len(rounds)
         else:
             model, cost = api.load(out), cpu
