@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import torch
 
 from undiffuse.data.tables import categories, decode_rows, encode_rows, is_missing, numeric_count
+from undiffuse.diffusion.multinomial import blocks
 from undiffuse.errors import UserError
 from undiffuse.model import Model
 from undiffuse.rng import derive_seed, generator
@@ -37,14 +38,9 @@ def schema_of(model: Model) -> dict:
 
 def target_block(schema: dict) -> Optional[slice]:
     """The columns of the categorical target's one-hot block in a row vector (None: no such target)."""
-    cols = {c["name"]: c for c in schema["columns"]}
-    at = numeric_count(schema)
-    for name in schema["order"][at:]:
-        k = len(cols[name]["labels"])
-        if name == schema["target"]:
-            return slice(at, at + k)
-        at += k
-    return None
+    d = numeric_count(schema)
+    names = schema["order"][d:]
+    return blocks(categories(schema), d)[names.index(schema["target"])] if schema["target"] in names else None
 
 
 def class_draws(schema: dict, indices: Sequence[int], seed: int) -> torch.Tensor:

@@ -49,8 +49,9 @@ def evaluate_table_run(run_dir: Union[str, os.PathLike], seed: int = 0, steps: i
     rows["real held-out"] = test.x
     out = {name: table_metrics(schema, x, train.x, test.x, seed) for name, x in rows.items()}
     out["real held-out"]["efficacy"] = None  # it would be scored on its own rows
-    out["real held-out"]["detection_auc"] = detection_auc(TableParts(schema, train.x), TableParts(schema, test.x), seed)
-    real = efficacy(TableParts(schema, train.x), TableParts(schema, test.x), seed)
+    r, h = TableParts(schema, train.x), TableParts(schema, test.x)
+    out["real held-out"]["detection_auc"] = detection_auc(r, h, seed)
+    real = efficacy(r, h, seed)
     imputed = imputation_scores(model, train, test, seed=seed, steps=steps)
     return {"run": str(run_dir), "data": model.data.name, "step": model.step, "seed": seed, "steps": steps,
             "n": n, "n_train": len(train), "n_test": len(test), "sample_cpu_s": sample_cpu_s,
