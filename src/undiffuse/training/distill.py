@@ -87,7 +87,7 @@ class ProgressiveObjective:
         self.d: DistillConfig = cfg.distill
         self.teacher_model, self.run_dir = teacher, Path(run_dir)
         self.rounds = progressive_rounds(self.d.start_steps, self.d.target_steps)
-        self.round, self.teacher = -1, None
+        self.round, self.teacher, self.fine = -1, None, None
         self.student: Optional[nn.Module] = None
         self.ema_net: Optional[nn.Module] = None
 
@@ -100,9 +100,11 @@ class ProgressiveObjective:
     def round_of(self, step: int) -> int:
         return min(step // max(self.d.round_steps, 1), len(self.rounds) - 1)
 
-    def _enter_round(self, r: int) -> None:
-        """Round r's teacher: the teacher run for r = 0, else the student's EMA at the round's first step."""
+    def _enter_round(self, r: int, device: torch.device) -> None:
+        """Round r's grid (the teacher's 2N steps) and teacher: the teacher run for r = 0, else the student's EMA
+        at the round's first step."""
         self.round = r
+        self.fine = make_sigmas(self.teacher_model.schedule, 2 * self.rounds[r], self.d.grid).to(device)
         if r == 0:
             self.teacher = guided_denoiser(self.teacher_model, self.teacher_model.denoiser)
             return
@@ -121,10 +123,9 @@ class ProgressiveObjective:
         from the keyed t, x = x_0 + σ_i·noise, and the two-teacher-step target."""
         r = self.round_of(step)
         if r != self.round:
-            self._enter_round(r)
-        n = self.rounds[r]
-        fine = make_sigmas(self.teacher_model.schedule, 2 * n, self.d.grid).to(x0.device)  # the teacher's 2N steps
-        i = _draw_index(draws.t, self.teacher_model.schedule.T, n)
+            self._enter_round(r, x0.device)
+        fine = self.fine  # the teacher's 2N steps
+        i = _draw_index(draws.t, self.teacher_model.schedule.T, self.rounds[r])
         sigma, mid, nxt = fine[2 * i], fine[2 * i + 1], fine[2 * i + 2]
         x = torch.where(append_dims(torch.isinf(sigma), x0), draws.noise, x0 + append_dims(sigma, x0) * draws.noise)
         with torch.no_grad():
