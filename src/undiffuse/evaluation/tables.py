@@ -25,7 +25,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from undiffuse.data.tables import numeric_count, quantile_inverse
+from undiffuse.data.tables import categories, numeric_count, quantile_inverse
+from undiffuse.diffusion.multinomial import blocks
 
 __all__ = ["TableParts", "column_distances", "correlation_diff", "efficacy", "privacy", "detection_auc",
            "table_metrics"]  # fmt: skip
@@ -44,15 +45,13 @@ class TableParts:
         self.values = np.stack([quantile_inverse(torch.nan_to_num(x[:, j]), cols[n]["knots"], cols[n]["probs"]).numpy()
                                 for j, n in enumerate(schema["order"][:d])], 1) if d else np.zeros((len(x), 0))  # fmt: skip
         self.values[np.isnan(self.numeric)] = np.nan
-        codes, at = [], d
-        for name in schema["order"][d:]:
-            k = len(cols[name]["labels"])
-            block = x[:, at : at + k]
+        self.sizes = list(categories(schema))
+        codes = []
+        for sl in blocks(self.sizes, d):
+            block = x[:, sl]
             codes.append(torch.where(block.isnan().any(1), -1, torch.nan_to_num(block, nan=-1.0).argmax(1)).numpy())
-            at += k
         self.codes = np.stack(codes, 1) if codes else np.zeros((len(x), 0), dtype=np.int64)
         self.onehot = torch.nan_to_num(x[:, d:]).numpy()
-        self.sizes = [len(cols[n]["labels"]) for n in schema["order"][d:]]
 
     def features(self, drop_target: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(features [N, F] for gradient boosting, categorical mask [F]) without the target column."""
