@@ -73,6 +73,10 @@ async def _submit(app: FastAPI, work: Any, stream: bool) -> Job:
     return job
 
 
+def _timed_out(timeout: float) -> TimedOut:
+    return TimedOut(f"the request took longer than {timeout:g} s — ask for fewer samples or steps")
+
+
 async def _result(request: Request, job: Job, timeout: float) -> Any:
     """The job's result; cancels it when the client goes away (499) or the timeout passes (504)."""
     loop = asyncio.get_running_loop()
@@ -85,7 +89,7 @@ async def _result(request: Request, job: Job, timeout: float) -> Any:
                 if await request.is_disconnected():
                     raise Cancelled("the client went away") from None
                 if loop.time() > deadline:
-                    raise TimedOut(f"the request took longer than {timeout:g} s — ask for fewer samples or steps") from None
+                    raise _timed_out(timeout) from None
     finally:
         job.cancel()  # a no-op once finished; otherwise the worker drops it
 
@@ -106,7 +110,7 @@ async def _stream(job: Job, data: Any, timeout: float, finish: Callable[[Any], d
                 ev = await asyncio.wait_for(job.events.get(), 1.0)
             except asyncio.TimeoutError:
                 if loop.time() > deadline:
-                    raise TimedOut(f"the request took longer than {timeout:g} s — ask for fewer samples or steps") from None
+                    raise _timed_out(timeout) from None
                 yield ": waiting\n\n"  # a comment line: a client that left makes this write fail
                 continue
             if ev[0] == "done":
