@@ -11,12 +11,13 @@ This module imports only torch and the standard library; every other package may
 
 from __future__ import annotations
 
+import contextlib
 import zlib
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["pick_device", "derive_seed", "generator", "sample_generators", "randn_from", "starting_noise"]
+__all__ = ["pick_device", "torch_threads", "derive_seed", "generator", "sample_generators", "randn_from", "starting_noise"]
 
 _MASK = (1 << 64) - 1
 Device = Union[torch.device, str]
@@ -80,3 +81,15 @@ def pick_device(device: Optional[str | torch.device] = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: Optional[int]) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` (None: unchanged) for the duration."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

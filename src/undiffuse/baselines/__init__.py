@@ -11,7 +11,7 @@
 """
 
 from undiffuse.baselines.gan import GAN, ConvDecoder, ConvEncoder, build_gan
-from undiffuse.baselines.run import KINDS, BaselineConfig, load_baseline
+from undiffuse.baselines.run import KINDS, BaselineConfig, is_baseline_run, load_baseline
 from undiffuse.baselines.train import (
     baseline_nll,
     count_params,
@@ -25,6 +25,7 @@ from undiffuse.baselines.vae import VAE, build_vae
 __all__ = [
     "GAN",
     "KINDS",
+    "is_baseline_run",
     "VAE",
     "BaselineConfig",
     "ConvDecoder",

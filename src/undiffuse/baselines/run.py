@@ -33,9 +33,16 @@ from undiffuse.runs import (
     save_checkpoint,
 )
 
-__all__ = ["KINDS", "BaselineConfig", "save_baseline", "open_baseline", "resume_baseline", "load_baseline"]
+__all__ = ["KINDS", "is_baseline_run", "BaselineConfig", "save_baseline", "open_baseline", "resume_baseline", "load_baseline"]
 
 KINDS = ("gan", "vae")
+
+
+def is_baseline_run(run_dir: Union[str, os.PathLike]) -> bool:
+    """Whether ``run_dir`` holds a GAN or VAE baseline run (its kind, read by :func:`undiffuse.runs.run_kind`)."""
+    from undiffuse.runs import run_kind
+
+    return run_kind(run_dir) in KINDS
 PathLike = Union[str, os.PathLike]
 
 

@@ -14,11 +14,10 @@ defaults, eager); ``*_best`` the best paths, with the same speed options given t
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -32,6 +31,7 @@ from undiffuse.bench.throughput import (
     trainer_fn,
 )
 from undiffuse.progress import note, progress
+from undiffuse.rng import torch_threads
 from undiffuse.speed import TrainOptions, bf16_supported, default_sample_options, default_train_options
 
 __all__ = ["add_quality", "format_table", "run_bench", "torch_threads"]
@@ -291,18 +291,6 @@ def run_bench(
         if echo:
             print(format_table(result))
         return result
-
-
-@contextlib.contextmanager
-def torch_threads(threads: Optional[int]) -> Iterator[None]:
-    """torch's intra-op thread count set to ``threads`` (None: unchanged) for the duration."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _result(dev: torch.device, quick: bool, tiny: bool, repeats: int, warmup: int, rows: list, quality: dict,

@@ -141,16 +141,15 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace):
     """Sample a run (split over ranks under torchrun), evaluate on rank 0; None on other ranks."""
     import torch
 
-    from undiffuse.baselines import KINDS as BASELINE_KINDS
+    from undiffuse.baselines import is_baseline_run
     from undiffuse.evaluation.report import evaluate_samples
     from undiffuse.evaluation.runs import sample_run
     from undiffuse.progress import sampling_progress
-    from undiffuse.runs import run_kind
     from undiffuse.training import distributed as D
 
     ctx = D.setup(args.device)
     try:
-        baseline = run_kind(run_dir) in BASELINE_KINDS
+        baseline = is_baseline_run(run_dir)
         if baseline:
             from undiffuse.baselines import load_baseline
 

@@ -51,10 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.eta is not None and not 0 <= args.eta <= 1:
         raise UserError(f"--eta {args.eta} must lie in [0, 1]")
-    from undiffuse.baselines import KINDS as BASELINE_KINDS
-    from undiffuse.runs import run_kind
+    from undiffuse.baselines import is_baseline_run
 
-    if run_kind(args.run_dir) in BASELINE_KINDS:
+    if is_baseline_run(args.run_dir):
         return run_baseline(args)
     if args.sampler is not None and args.sampler not in api.sampler_names():
         raise UserError(f"unknown sampler {args.sampler!r} — choose one of {', '.join(api.sampler_names())}")

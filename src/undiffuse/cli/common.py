@@ -93,7 +93,7 @@ def common_settings(args: argparse.Namespace) -> Iterator[None]:
         if threads is None:
             yield
         else:
-            from undiffuse.bench import torch_threads
+            from undiffuse.rng import torch_threads
 
             with torch_threads(idle_cores() if threads == AUTO else threads):
                 yield

@@ -9,8 +9,6 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from undiffuse.runs import run_kind
-
 __all__ = ["sample_run"]
 
 
@@ -30,9 +28,9 @@ def sample_run(
     """
     idx = [int(i) for i in indices]
     t0, c0 = time.perf_counter(), time.process_time()
-    from undiffuse.baselines import KINDS as BASELINE_KINDS
+    from undiffuse.baselines import is_baseline_run
 
-    if run_kind(run_dir) in BASELINE_KINDS:
+    if is_baseline_run(run_dir):
         from undiffuse.baselines import load_baseline, sample_indices
 
         net, cfg = (model if model is not None else load_baseline(run_dir, device or "cpu"))
