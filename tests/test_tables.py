@@ -222,5 +222,22 @@ def test_eval_beats_trivial_baselines(wine_run, tmp_path):
     d = rep["methods"]["diffusion"]
     assert d["efficacy"]["accuracy"] > 0.7  # majority class: 0.39
     assert d["wasserstein"] < 0.3 and d["total_variation"] < 0.15
-    assert set(rep["methods"]) == {"diffusion", "gaussian copula", "smote", "real held-out"}
+    assert set(rep["methods"]) == {"diffusion", "gaussian copula", "smote", "gan", "vae", "real held-out"}
     assert (tmp_path / "ev.md").read_text().count("|") > 20
+
+
+@pytest.mark.parametrize("kind", ["gan", "vae"])
+def test_gan_and_vae_rows_learn_a_column_dependence(kind):
+    """The project's GAN/VAE as table baselines: rows [number, one-hot of (number > 0)]; the fitted model's
+    blocks are exact one-hots, keep the class balance and follow the number's sign."""
+    from undiffuse.baselines.tables import neural_rows
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(400, 1, generator=g)
+    x = torch.cat([v, (v > 0).float(), (v <= 0).float()], 1)
+    rows = neural_rows(kind, x, [2], 300, seed=0, steps=300, batch_size=64)
+    block = rows[:, 1:]
+    assert set(block.unique().tolist()) == {0.0, 1.0} and (block.sum(1) == 1).all()
+    assert 0.3 < block[:, 0].mean() < 0.7
+    agree = ((rows[:, 0] > 0) == (block[:, 0] == 1)).float().mean()
+    assert agree > 0.7  # independent columns: 0.5

@@ -5,7 +5,8 @@
 - :mod:`~undiffuse.baselines.vae`: convolutional / MLP VAE with the diffusion VLB's decoders
   (discretized Gaussian for 8-bit data), ELBO and IWAE bounds in nats and bits/dim.
 - :mod:`~undiffuse.baselines.train`: ``train_baseline`` (steps and/or wall-clock budget, resumable),
-  ``sample_baseline`` (sample i depends only on (seed, i)), ``baseline_nll``.
+  ``sample_baseline`` (sample i depends only on (seed, i)), ``baseline_nll``; ``fit_vectors`` fits one to
+  rows in memory (the table and series baselines of an evaluation).
 - :mod:`~undiffuse.baselines.run`: ``BaselineConfig``, the run directory through :mod:`undiffuse.runs`
   (safetensors checkpoints), ``load_baseline``.
 """
@@ -15,6 +16,7 @@ from undiffuse.baselines.run import KINDS, BaselineConfig, is_baseline_run, load
 from undiffuse.baselines.train import (
     baseline_nll,
     count_params,
+    fit_vectors,
     sample_baseline,
     sample_indices,
     train_baseline,
@@ -34,6 +36,7 @@ __all__ = [
     "build_gan",
     "build_vae",
     "count_params",
+    "fit_vectors",
     "load_baseline",
     "sample_baseline",
     "sample_indices",

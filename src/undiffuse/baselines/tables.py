@@ -9,6 +9,10 @@
 - :func:`smote`: a new row between a random training row a and one of its k nearest neighbours b of the
   same class: a + λ·(b − a) for the numbers, λ ~ U(0, 1), the categories of the nearer of the two
   (Chawla et al. 2002, as TabDDPM's SMOTE baseline).
+- :func:`neural_rows`: the project's GAN or VAE (:mod:`undiffuse.baselines`, the MLP networks of vector
+  data) fitted to the rows with the numbers' missing cells at 0 (the median score) and a missing category at
+  the column's most frequent one; each block of a sampled row becomes the one-hot of its largest entry.
+  Unconditional: the target is one more column (as CTGAN/TVAE's rows in TabDDPM's comparison).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 from undiffuse.diffusion.multinomial import blocks
 
-__all__ = ["gaussian_copula", "smote"]
+__all__ = ["gaussian_copula", "smote", "neural_rows"]
 
 
 def ndtr(v: np.ndarray) -> np.ndarray:
@@ -87,3 +91,20 @@ def smote(x: torch.Tensor, categories: Sequence[int], n: int, y: Optional[torch.
         out_num[i] = num[a] + lam * (num[b] - num[a])
         out_codes[i] = codes[a] if lam < 0.5 else codes[b]
     return torch.from_numpy(np.concatenate([out_num, _onehot(out_codes, categories)], 1)).float()
+
+
+def neural_rows(kind: str, x: torch.Tensor, categories: Sequence[int], n: int, seed: int = 0, steps: int = 500,
+                batch_size: int = 256, z_dim: int = 16) -> torch.Tensor:  # fmt: skip
+    """n rows [n, W] of a GAN (``kind="gan"``) or VAE (``"vae"``) trained ``steps`` minibatches of
+    ``batch_size`` on the training rows x [N, W]; row i depends only on (seed, i) given the fitted model."""
+    from undiffuse.baselines.train import fit_vectors, sample_indices
+
+    x = x.double().numpy()
+    d = x.shape[1] - sum(categories)
+    slices = blocks(categories, d)
+    dense = np.concatenate([np.nan_to_num(x[:, :d]), _onehot(_codes(x, slices), categories)], 1)
+    net, cfg = fit_vectors(kind, torch.from_numpy(dense).float(), steps, seed=seed, batch_size=batch_size,
+                           model={"z_dim": z_dim})  # fmt: skip
+    s = sample_indices(net, cfg, range(n), seed).double().numpy()
+    codes = np.stack([s[:, sl].argmax(1) for sl in slices], 1) if slices else np.zeros((n, 0), dtype=np.int64)
+    return torch.from_numpy(np.concatenate([s[:, :d], _onehot(codes, categories)], 1)).float()

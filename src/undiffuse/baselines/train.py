@@ -47,6 +47,7 @@ from undiffuse.samplers.driver import drive
 __all__ = [
     "baseline_nll",
     "count_params",
+    "fit_vectors",
     "sample_baseline",
     "sample_indices",
     "train_baseline",
@@ -249,6 +250,27 @@ def _fit(cfg: BaselineConfig, x_all: torch.Tensor, out: Path, resuming: bool, de
                "params": _param_counts(model), "last": _last_log(out / "log.jsonl")}  # fmt: skip
     write_json(out / "summary.json", summary)
     return summary
+
+
+def fit_vectors(kind: str, x: torch.Tensor, steps: int, *, seed: int = 0, batch_size: int = 256,
+                model: Optional[dict] = None) -> tuple[Union[GAN, VAE], BaselineConfig]:  # fmt: skip
+    """A GAN or VAE fitted to rows x [N, D] held in memory, with no run directory: the vector networks
+    (:func:`build_gan` / :func:`build_vae` with ``model``'s keywords, a continuous decoder), the optimiser and
+    the update of :func:`train_baseline`, ``steps`` minibatches of ``batch_size`` rows drawn with replacement.
+    For baselines fitted inside an evaluation (table rows, series windows); sample the result with
+    :func:`sample_indices`. Returns the model in eval mode and its config."""
+    lr, betas = _OPTIM[(kind, "vector")]
+    cfg = BaselineConfig(kind, "in-memory", "vector", (x.shape[1],), "continuous", dict(model or {}), lr, betas,
+                         batch_size, seed)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = cfg.build()
+    opts, gen = _optimizers(cfg, net), torch.Generator().manual_seed(seed + 1)
+    step_fn = _gan_step if kind == "gan" else _vae_step
+    net.train()
+    for _ in range(steps):
+        step_fn(net, opts, x[torch.randint(len(x), (batch_size,), generator=gen)], gen)
+    return net.eval(), cfg
 
 
 def _last_log(path: Path) -> dict:

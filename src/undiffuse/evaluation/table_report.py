@@ -1,5 +1,6 @@
-"""``undiffuse eval`` of a table run: the model's synthetic rows beside a Gaussian copula, SMOTE and the
-real held-out rows, on every metric of :mod:`undiffuse.evaluation.tables`, as one JSON-ready report.
+"""``undiffuse eval`` of a table run: the model's synthetic rows beside a Gaussian copula, SMOTE, the
+project's GAN and VAE (fitted here with the run's own training steps and batch size) and the real held-out
+rows, on every metric of :mod:`undiffuse.evaluation.tables`, as one JSON-ready report.
 
 The synthetic sets have as many rows as the training split (TabDDPM's protocol); the "real train" row
 is the reference for ML efficacy (the same model trained on the real training rows), and "real held-out"
@@ -15,7 +16,7 @@ from typing import Optional, Union
 
 import torch
 
-from undiffuse.baselines.tables import gaussian_copula, smote
+from undiffuse.baselines.tables import gaussian_copula, neural_rows, smote
 from undiffuse.data import load_dataset
 from undiffuse.data.tables import categories
 from undiffuse.diffusion.multinomial import blocks
@@ -46,6 +47,11 @@ def evaluate_table_run(run_dir: Union[str, os.PathLike], seed: int = 0, steps: i
     cats = categories(schema)
     rows["gaussian copula"] = gaussian_copula(train.x, cats, n, seed)
     rows["smote"] = smote(train.x, cats, n, train.y, seed=seed)
+    fit_cpu_s = {}
+    for kind in ("gan", "vae"):  # the same rows, steps and batch size as the diffusion run
+        t0 = time.process_time()
+        rows[kind] = neural_rows(kind, train.x, cats, n, seed, model.config.train.steps, model.config.train.batch_size)
+        fit_cpu_s[kind] = time.process_time() - t0
     rows["real held-out"] = test.x
     out = {name: table_metrics(schema, x, train.x, test.x, seed) for name, x in rows.items()}
     out["real held-out"]["efficacy"] = None  # it would be scored on its own rows
@@ -54,7 +60,7 @@ def evaluate_table_run(run_dir: Union[str, os.PathLike], seed: int = 0, steps: i
     real = efficacy(r, h, seed)
     imputed = imputation_scores(model, train, test, seed=seed, steps=steps)
     return {"run": str(run_dir), "data": model.data.name, "step": model.step, "seed": seed, "steps": steps,
-            "n": n, "n_train": len(train), "n_test": len(test), "sample_cpu_s": sample_cpu_s,
+            "n": n, "n_train": len(train), "n_test": len(test), "sample_cpu_s": sample_cpu_s, "baseline_cpu_s": fit_cpu_s,
             "efficacy_real_train": real, "imputation": imputed, "methods": out}  # fmt: skip
 
 
