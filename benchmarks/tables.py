@@ -1,5 +1,5 @@
 """The table protocol on scikit-learn's bundled tables: train each default, evaluate it beside a Gaussian
-copula, SMOTE and the real held-out rows (:mod:`undiffuse.evaluation.table_report`).
+copula, SMOTE, the project's GAN and VAE and the real held-out rows (:mod:`undiffuse.evaluation.table_report`).
 
     OMP_NUM_THREADS=1 python benchmarks/tables.py [--tables breast-cancer,wine,diabetes] [--seeds 0,1,2]
                                                    [--runs runs/tables] [--out benchmarks/results/tables.json]
@@ -53,13 +53,18 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/tables")
     ap.add_argument("--out", default="benchmarks/results/tables.json")
     args = ap.parse_args()
-    out: dict = {"threads": os.environ.get("OMP_NUM_THREADS"), "tables": {}}
+    import sklearn
+    import torch
+
+    out: dict = {"threads": os.environ.get("OMP_NUM_THREADS"), "device": "2-core AMD EPYC, torch " + torch.__version__,
+                 "versions": {"torch": torch.__version__, "sklearn": sklearn.__version__}, "tables": {}}
     for name in args.tables.split(","):
         run = Path(args.runs) / name
         entry = {"train": _train(name, run)}
         reports = [evaluate_table_run(run, seed=int(s)) for s in args.seeds.split(",")]
         entry["efficacy_real_train"] = reports[0]["efficacy_real_train"]
         entry["sample_cpu_s"] = statistics.fmean(r["sample_cpu_s"] for r in reports)
+        entry["baseline_cpu_s"] = {k: statistics.fmean(r["baseline_cpu_s"][k] for r in reports) for k in ("gan", "vae")}
         entry["n_train"], entry["n_test"], entry["steps"] = reports[0]["n_train"], reports[0]["n_test"], reports[0]["steps"]
         keys = [k for k in reports[0]["methods"]["diffusion"] if k != "n"]
         entry["mean"] = {m: {k: _mean(reports, m, k) for k in keys} for m in reports[0]["methods"]}

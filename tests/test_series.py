@@ -13,7 +13,7 @@ from undiffuse.build import DataInfo
 from undiffuse.data import load_dataset
 from undiffuse.data.errors import DataError
 from undiffuse.data.series import series_units
-from undiffuse.evaluation.series import acf, bootstrap_windows, discriminative_score, stylised_facts
+from undiffuse.evaluation.series import acf, bootstrap_windows, discriminative_score, predictive_score, stylised_facts
 
 
 def _write_series(path, values: np.ndarray) -> str:
@@ -68,6 +68,26 @@ def test_stylised_facts_of_processes_with_known_facts():
     assert boot.shape == (300, 64) and discriminative_score(iid, boot) < 0.1  # a resample of the same law
 
 
+def test_predictive_score_reaches_the_noise_floor_only_with_the_right_dynamics():
+    """AR(1), x_t = 0.8·x_{t−1} + ε_t, ε ~ N(0, 1): a next-step regressor fitted on windows of the same process
+    has the MAE of the innovation, E|ε| = √(2/π) ≈ 0.80; fitted on i.i.d. windows of the same marginal
+    (σ = 1/√(1 − 0.64)) it predicts the mean, MAE = σ·√(2/π) ≈ 1.33."""
+    rng = np.random.default_rng(0)
+
+    def ar(n):
+        x = np.zeros((n, 96))
+        x[:, 0] = rng.standard_normal(n) / 0.6
+        for t in range(1, 96):
+            x[:, t] = 0.8 * x[:, t - 1] + rng.standard_normal(n)
+        return x[:, 32:]
+
+    real = ar(200)
+    same = predictive_score(real, ar(300))
+    iid = predictive_score(real, rng.standard_normal((300, 64)) / 0.6)
+    assert same["r"] == pytest.approx((2 / np.pi) ** 0.5, abs=0.05)
+    assert iid["r"] == pytest.approx((2 / np.pi) ** 0.5 / 0.6, abs=0.08)
+
+
 def test_garch_t_baseline_has_heavy_tails_and_volatility_clustering():
     pytest.importorskip("arch")
     from undiffuse.evaluation.series import garch_windows
@@ -97,8 +117,10 @@ def test_short_run_samples_windows_and_evaluates(tmp_path):
     assert x.shape == (20, 16, 2) and x.dtype == np.float32 and np.isfinite(x).all()
     assert main(["eval", str(run), "--n", "100", "--steps", "20", "--out", str(tmp_path / "ev")]) == 0
     rep = json.loads((tmp_path / "ev.json").read_text())
-    assert set(rep["methods"]) == {"diffusion", "garch(1,1)-t", "block bootstrap", "real train windows"}
+    assert set(rep["methods"]) == {"diffusion", "garch(1,1)-t", "block bootstrap", "gan", "vae", "real train windows"}
     assert all(0 <= m["discriminative"] <= 0.5 for m in rep["methods"].values())
+    assert all(np.isfinite(m["predictive"]["abs_r"]) and m["predictive"]["abs_r"] > 0 for m in rep["methods"].values())
+    assert rep["methods"]["real train windows"]["predictive"]["abs_r"] < 0.8  # t(4) returns: E|r| ≈ 1.1
     past = tmp_path / "past.csv"
     past.write_text("date,a,b\n" + "\n".join(f"{i},{10 + i},{-i}" for i in range(30)) + "\n")
     out = tmp_path / "paths.csv"

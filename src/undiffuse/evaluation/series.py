@@ -12,15 +12,19 @@ For windows r [N, L] of one channel (data units):
 A synthetic set "reproduces" a fact when its median per-window value lies within the 5–95 % range of the
 real windows' values. The discriminative score is |accuracy − 0.5| of a gradient-boosted classifier telling
 real held-out windows from as many synthetic ones (5-fold cross-validated; features: the sorted returns
-and the sorted |r| products at lags 1–5, so that it sees tails and clustering, not positions).
+and the sorted |r| products at lags 1–5, so that it sees tails and clustering, not positions). The predictive
+score is TimeGAN's other check (train on synthetic, test on real): a regressor of each step from the ``lags``
+steps before it, fitted on the synthetic windows and scored by its mean absolute error on the real held-out
+windows — for the returns r and for their size |r| (next-day returns are close to unpredictable, their size is
+not: volatility clustering). The same regressor fitted on real training windows is the reference.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["acf", "stylised_facts", "discriminative_score", "garch_windows", "fit_garch", "bootstrap_windows",
-           "compare_facts"]  # fmt: skip
+__all__ = ["acf", "stylised_facts", "discriminative_score", "predictive_score", "garch_windows", "fit_garch",
+           "bootstrap_windows", "compare_facts"]  # fmt: skip
 
 
 def acf(x: np.ndarray, lags: int) -> np.ndarray:
@@ -73,6 +77,27 @@ def discriminative_score(real: np.ndarray, synth: np.ndarray, seed: int = 0) -> 
     folds = StratifiedKFold(5, shuffle=True, random_state=seed)
     acc = cross_val_score(HistGradientBoostingClassifier(max_iter=100, random_state=seed), x, y, cv=folds).mean()
     return float(abs(acc - 0.5))
+
+
+def _lagged(w: np.ndarray, lags: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the ``lags`` steps before t [M, lags], the step t [M]) for every t ≥ lags of every window w [N, L]."""
+    x = np.lib.stride_tricks.sliding_window_view(w, lags + 1, axis=1)  # [N, L − lags, lags + 1]
+    return x[..., :-1].reshape(-1, lags), x[..., -1].reshape(-1)
+
+
+def predictive_score(real: np.ndarray, synth: np.ndarray, lags: int = 5, seed: int = 0) -> dict:
+    """TimeGAN's predictive score (Yoon et al. 2019, Sec. 4): the MAE on real windows [N, L] of a next-step
+    regressor (gradient boosting, absolute loss) fitted on synthetic windows [M, L]; ``"r"`` for the returns,
+    ``"abs_r"`` for their size (see the module docstring). Lower is better."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    out = {}
+    for key, f in (("r", lambda w: w), ("abs_r", np.abs)):
+        x, y = _lagged(f(synth), lags)
+        xt, yt = _lagged(f(real), lags)
+        m = HistGradientBoostingRegressor(loss="absolute_error", max_iter=100, random_state=seed).fit(x, y)
+        out[key] = float(np.abs(m.predict(xt) - yt).mean())
+    return out
 
 
 def fit_garch(returns: np.ndarray):

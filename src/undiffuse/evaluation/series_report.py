@@ -1,6 +1,7 @@
 """``undiffuse eval`` of a series run: the stylised facts of its windows (first channel) beside GARCH(1,1)-t,
-a moving-block bootstrap and the real training windows, each against the real held-out windows
-(:mod:`undiffuse.evaluation.series`)."""
+a moving-block bootstrap, the project's GAN and VAE (fitted here to the standardised training windows with
+the run's own steps and batch size) and the real training windows, each against the real held-out windows
+(:mod:`undiffuse.evaluation.series`): facts, discriminative and predictive scores."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from undiffuse.baselines.train import fit_vectors, sample_indices
 from undiffuse.data import load_dataset
 from undiffuse.data.series import read_series, series_units, train_steps
 from undiffuse.evaluation.series import (
@@ -18,6 +20,7 @@ from undiffuse.evaluation.series import (
     discriminative_score,
     fit_garch,
     garch_windows,
+    predictive_score,
     stylised_facts,
 )
 from undiffuse.forecasting import coverage, crps, forecast_paths
@@ -29,8 +32,8 @@ __all__ = ["evaluate_series_run", "series_markdown", "forecast_scores"]
 
 def evaluate_series_run(run_dir: Union[str, os.PathLike], n: int = 500, seed: int = 0, sampler: str = "ddpm",
                         steps: int = 100, device: Optional[str] = None, horizon: Optional[int] = 20,
-                        forecast_n: int = 200) -> dict:  # fmt: skip
-    """Facts and discriminative scores of n windows of each method against the held-out windows."""
+                        forecast_n: int = 200, neural_baselines: bool = True) -> dict:  # fmt: skip
+    """Facts, discriminative and predictive scores of n windows of each method against the held-out windows."""
     model = load(run_dir, device=device)
     d, info = model.config.data, model.data
     train = load_dataset(d.name, "train", window=d.window)
@@ -45,13 +48,21 @@ def evaluate_series_run(run_dir: Union[str, os.PathLike], n: int = 500, seed: in
     sets = {"diffusion": series_units(x, info)[:, :, 0], "garch(1,1)-t": garch,
             "block bootstrap": bootstrap_windows(returns, n, L, seed=seed),
             "real train windows": tr[np.random.default_rng(seed).permutation(len(tr))[:n]]}  # fmt: skip
+    fit_cpu_s = {}
+    for kind in ("gan", "vae") if neural_baselines else ():  # the same windows, steps and batch size as the run
+        t0 = time.process_time()
+        net, cfg = fit_vectors(kind, train.x, model.config.train.steps, seed=seed,
+                               batch_size=model.config.train.batch_size, model={"z_dim": 32})  # fmt: skip
+        sets[kind] = series_units(sample_indices(net, cfg, range(n), seed), info)[:, :, 0]
+        fit_cpu_s[kind] = time.process_time() - t0
     real = series_units(test.x, info)[:, :, 0]
     facts = stylised_facts(real)
-    methods = {k: {"facts": compare_facts(facts, stylised_facts(w)), "discriminative": discriminative_score(real, w, seed)}
-               for k, w in sets.items()}  # fmt: skip
+    methods = {k: {"facts": compare_facts(facts, stylised_facts(w)), "discriminative": discriminative_score(real, w, seed),
+                   "predictive": predictive_score(real, w, seed=seed)} for k, w in sets.items()}  # fmt: skip
     fc = forecast_scores(model, min(horizon, L // 2), forecast_n, seed, steps) if horizon and d.name[7:] in ("sp500", "nasdaq") else None
     return {"run": str(run_dir), "data": info.name, "step": model.step, "window": L, "n": n, "n_test": len(real),
-            "sampler": sampler, "steps": steps, "sample_cpu_s": cpu, "garch_params": params, "methods": methods,
+            "sampler": sampler, "steps": steps, "sample_cpu_s": cpu, "baseline_cpu_s": fit_cpu_s, "garch_params": params,
+            "methods": methods,
             "forecast": fc}  # fmt: skip
 
 
@@ -93,15 +104,16 @@ def forecast_scores(model: Model, horizon: int = 20, n: int = 200, seed: int = 0
 def series_markdown(report: dict) -> str:
     """One row per method: each fact's synthetic median (✓ inside the real 5–95 % range), the discriminative score."""
     facts = ("kurtosis", "acf_r", "acf_abs", "leverage")
-    lines = ["| method | " + " | ".join(facts) + " | pooled kurtosis | discriminative |", "|---" * 7 + "|"]
+    lines = ["| method | " + " | ".join(facts) + " | pooled kurtosis | discriminative | predictive MAE r / \\|r\\| |",
+             "|---" * 8 + "|"]
     first = next(iter(report["methods"].values()))["facts"]
     lines.append("| real held-out (median [p5, p95]) | " + " | ".join(
         f"{first[f]['real_median']:.3f} [{first[f]['real_p5']:.2f}, {first[f]['real_p95']:.2f}]" for f in facts)
-        + f" | {first['pooled_kurtosis']['real']:.2f} | – |")  # fmt: skip
+        + f" | {first['pooled_kurtosis']['real']:.2f} | – | – |")  # fmt: skip
     for name, m in report["methods"].items():
         cells = [f"{m['facts'][f]['synthetic_median']:.3f}{' ✓' if m['facts'][f]['within'] else ' ✗'}" for f in facts]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['facts']['pooled_kurtosis']['synthetic']:.2f} | "
-                     f"{m['discriminative']:.3f} |")  # fmt: skip
+                     f"{m['discriminative']:.3f} | {m['predictive']['r']:.3f} / {m['predictive']['abs_r']:.3f} |")  # fmt: skip
     fc = report.get("forecast")
     if fc:
         lines.append(f"\nForecasts ({fc['origins']} origins, {fc['horizon']} steps, {fc['paths']} paths): " + "; ".join(
