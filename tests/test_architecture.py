@@ -19,7 +19,7 @@ FLOORS: list[set[str]] = [
     {"schedules", "diffusion", "losses", "samplers"},  # the math: torch and each other only
     {"nn", "data", "plots", "text"},  # networks, data and its writers
     {"config", "build"},  # configuration → objects
-    {"runs", "model", "sampling", "conditioning", "editing", "adapters", "tables", "forecasting"},  # a run and a trained model
+    {"runs", "model", "sampling", "conditioning", "editing", "adapters", "tables", "forecasting", "language"},  # a run and a trained model
     {"training", "baselines", "evaluation", "speed"},  # what uses models
     {"bench", "study"},  # measurements
     {"api", "cli", "__init__", "serve"},  # the front ends (serve: the HTTP API and page)

@@ -21,6 +21,7 @@ from undiffuse.errors import ConfigError
 from undiffuse.schedules.discrete import Schedule, ScheduleError, make_schedule
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2 token embeddings (undiffuse.text.TextEncoder.dim)
+TEXT_ARCHS = ("transformer", "causal-transformer")  # text: the masked-diffusion denoiser and the AR baseline
 
 __all__ = [
     "DataInfo",
@@ -89,6 +90,9 @@ def resolve_arch(cfg: ModelConfig, info: DataInfo) -> str:
     from undiffuse.data.kinds import kind_of
 
     arch = cfg.arch if cfg.arch != "auto" else kind_of(info.kind).arch
+    if (arch in TEXT_ARCHS) != (info.kind == "text"):
+        raise ConfigError(f"model.arch = {arch} does not fit {info.kind} data — use model.arch=auto"
+                          + (" (or causal-transformer for the autoregressive baseline)" if info.kind == "text" else ""))
     want = 3 if arch == "unet" else 1
     if len(info.shape) != want:
         raise ConfigError(f"model.arch = {arch} does not fit data of shape {info.shape} — use model.arch=auto")
@@ -120,6 +124,14 @@ def build_network(cfg: ModelConfig, info: DataInfo, learned_variance: bool = Fal
                                 cond_dim=TEXT_DIM if cfg.text_cond else None, extra_in_channels=c if cfg.sr_from else 0)  # fmt: skip
     if arch == "seq":  # dilated 1-D convolutions over a series window (undiffuse.nn.seqnet)
         return _seqnet(cfg, info, num_classes, mult)
+    if arch in TEXT_ARCHS:  # undiffuse.nn.transformer: bidirectional (masked diffusion) or causal (AR baseline)
+        from undiffuse.nn.transformer import Transformer
+
+        text = info.extra["text"]
+        try:
+            return Transformer.from_config(cfg, len(text["vocab"]), text["length"], causal=arch == "causal-transformer")
+        except ValueError as e:
+            raise ConfigError(f"model.{e}") from e
     (d,) = info.shape
     return MLP.from_config(cfg, dim=d, num_classes=num_classes, out_dim=d * mult)
 
@@ -137,6 +149,8 @@ def build_denoiser(cfg: RunConfig, info: DataInfo, schedule: Optional[Schedule] 
     """The network wrapped as a denoiser D(x; σ) for ``diffusion.parameterization`` (see
     :class:`undiffuse.diffusion.Precond`)."""
     d = cfg.diffusion
+    if info.kind == "text":  # the "masked" process (or its autoregressive baseline): no σ-space, no Gaussian schedule
+        return _text_model(cfg, info)
     schedule = schedule if schedule is not None else build_schedule(d)
     net = build_network(cfg.model, info, d.learned_variance)
     if info.kind == "table":  # the "mixed" process: Gaussian numbers + multinomial categories (TabDDPM)
@@ -162,6 +176,24 @@ def _mixed(net: nn.Module, d: DiffusionConfig, info: DataInfo, schedule: Schedul
         raise ConfigError(f"{e} — change diffusion.parameterization or diffusion.schedule") from e
 
 
+def _text_model(cfg: RunConfig, info: DataInfo) -> nn.Module:
+    """MDLM's x_θ (:class:`undiffuse.diffusion.masked.MaskedDenoiser`) or the causal baseline
+    (:class:`undiffuse.diffusion.autoregressive.CausalLM`) around the transformer."""
+    from undiffuse.diffusion.autoregressive import CausalLM
+    from undiffuse.diffusion.masked import MASK_SCHEDULES, MaskedDenoiser, MaskingSchedule
+
+    d = cfg.diffusion
+    if d.schedule not in MASK_SCHEDULES or d.learned_variance:
+        raise ConfigError(f"text uses the masked process: diffusion.schedule = {d.schedule} must be one of "
+                          f"{', '.join(MASK_SCHEDULES)}, without a learned variance — fix diffusion.schedule")  # fmt: skip
+    net = build_network(cfg.model, info)
+    vocab = len(info.extra["text"]["vocab"])
+    schedule = MaskingSchedule(d.schedule, d.T)
+    if resolve_arch(cfg.model, info) == "causal-transformer":
+        return CausalLM(net, schedule, vocab)
+    return MaskedDenoiser(net, schedule, vocab)
+
+
 def architecture_signature(cfg: RunConfig, info: DataInfo) -> str:
     """A short hash of everything that fixes the weights' layout (network config, data shape, classes,
     learned variance); checkpoints of another architecture are refused by comparing it."""
@@ -178,6 +210,9 @@ def architecture_signature(cfg: RunConfig, info: DataInfo) -> str:
             relevant["model"].pop(k, None)
     if arch == "mlp":  # UNet-only fields do not change an MLP
         relevant["model"] = {k: relevant["model"][k] for k in ("hidden", "depth", "emb_dim", "class_cond")}
+    if arch in TEXT_ARCHS:  # the transformer's layout: its size and the vocabulary
+        relevant["model"] = {k: relevant["model"][k] for k in ("hidden", "depth", "num_heads")}
+        relevant["vocab"] = info.extra["text"]["vocab"]
     if info.kind == "table":  # the one-hot block sizes fix which outputs are logits
         from undiffuse.data.tables import categories
 

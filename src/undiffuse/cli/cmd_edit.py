@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory")
     p.add_argument("--image", default=None, help="input image (PNG/JPEG)")
+    p.add_argument("--text", default=None, help='text runs: a template whose "_" characters are filled, e.g. '
+                   '"In the beginning ____ created the heaven" (out: .txt or .jsonl)')
     p.add_argument("--table", default=None, help="a CSV with the run's columns whose empty cells are imputed (table runs)")
     p.add_argument("--mask", default=None, help="mask image of the input's (or the model's) size: white = generate, black = keep")
     p.add_argument("--strength", type=float, default=None, help="SDEdit strength in [0, 1] (default 0.6; not with --mask/--invert)")
@@ -112,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
     from undiffuse.progress import progress
     from undiffuse.schedules.grids import discrete_sigmas
 
+    if args.text is not None:  # fill the "_" of a text template (undiffuse.language)
+        from undiffuse.cli.textlm import edit_text
+
+        return edit_text(args)
     if args.table is not None:  # impute a table's empty cells (undiffuse.tables)
         from undiffuse.cli.tables import edit_table
 

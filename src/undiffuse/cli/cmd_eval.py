@@ -43,6 +43,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed: sample i depends only on (seed, i)")
     p.add_argument("--nll-n", type=int, default=200, help="test examples for the NLL of a run (0: skip)")
     p.add_argument("--nll-nt", type=positive_int, default=50, help="strata over t of the diffusion VLB estimate")
+    p.add_argument("--reference", default=None, metavar="AR_RUN", help="text runs: the autoregressive run whose "
+                   "perplexity of the samples is reported (gen-PPL)")
     p.add_argument("--classifier", default=None, help="a saved SmallClassifier (default: the cached one of the data)")
     p.add_argument("--out", default=None, metavar="PREFIX", help="report path without extension (default: "
                    "RUN_DIR/eval, or beside the samples)")
@@ -104,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
 
         if is_table_run(str(target)):  # the table protocol: fidelity, ML efficacy, privacy, detection
             return eval_table(args, target)
+        if run_data_name(str(target)).startswith("text:"):  # bits/char, gen-PPL with entropy, infilling
+            from undiffuse.cli.textlm import eval_text
+
+            return eval_text(args, target)
         if run_data_name(str(target)).startswith("series:"):  # stylised facts beside GARCH(1,1)-t
             return eval_series(args, target)
         result = evaluate_run(target, args)

@@ -21,6 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("--n", type=positive_int, default=1000, help="number of examples")
     p.add_argument("--n-t", type=positive_int, default=50, help="strata over t (network evaluations per example ≈ n_t + 1)")
     p.add_argument("--exact", action="store_true", help="sum all T terms (T network evaluations per example)")
+    p.add_argument("--discrete", type=positive_int, default=None, metavar="T",
+                   help="text runs (masked diffusion): the discrete-time bound of T steps instead of the continuous-time ELBO")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo draws")
     p.add_argument("--batch-size", type=positive_int, default=256, help="examples per batch")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
@@ -37,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
     from undiffuse.progress import advance_to, progress
 
     model = api.load(args.run_dir, ema=not args.raw, device=args.device)
+    if model.data.kind == "text":  # bits/char: the masked model's bound ± SE, or the baseline's exact NLL
+        from undiffuse.cli.textlm import nll_text
+
+        return nll_text(args, model)
     x0 = api.eval_data(model, args.data, args.split, args.n)
     with progress(total=len(x0), desc="nll", unit="example") as bar:
         result = api.nll(model, x0, n_t=args.n_t, exact=args.exact, seed=args.seed, batch_size=args.batch_size,

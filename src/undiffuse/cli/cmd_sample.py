@@ -36,8 +36,13 @@ def add_parser(sub) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="Imagen dynamic thresholding of x̂_0 at this percentile (e.g. 0.995) instead of clipping; for high --guidance")
     p.add_argument("--lowres", default=None, help="low-resolution input image (super-resolution runs, model.sr_from)")
+    p.add_argument("--length", type=positive_int, default=None, help="text runs: characters per sample (default: the training length)")
+    p.add_argument("--prefix", default=None, help="text runs: continue this text (kept as given)")
+    p.add_argument("--order", default="ancestral", choices=("ancestral", "confidence"),
+                   help="text runs (masked diffusion): unmask random positions (MDLM) or the most confident first")
     p.add_argument("--gif", default=None, help="also write an animated GIF of the denoising trajectory (x̂_0 of the first 16 samples)")
-    p.add_argument("--out", required=True, help="output: grid.png, samples.npy or a directory ending in /; rows.csv for tables")
+    p.add_argument("--out", required=True, help="output: grid.png, samples.npy or a directory ending in /; rows.csv for tables; "
+                   "x.txt or x.jsonl for text")
     add_device(p)
     add_threads(p)
     p.set_defaults(func=run)
@@ -63,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
         from undiffuse.cli.tables import sample_table
 
         return sample_table(args, model)
+    if model.data.kind == "text":  # the masked-diffusion model or its autoregressive baseline (undiffuse.language)
+        from undiffuse.cli.textlm import sample_text
+
+        return sample_text(args, model)
+    if args.length is not None or args.prefix is not None or args.order != "ancestral":
+        raise UserError("--length/--prefix/--order apply to text runs — drop them")
     from undiffuse.sampling import resolve_sampling
 
     args.sampler, args.steps, args.spacing = resolve_sampling(model, args.sampler, args.steps, args.spacing)

@@ -7,6 +7,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Optional
 
+from undiffuse.diffusion.masked import MASK_SCHEDULES
 from undiffuse.diffusion.precond import PARAMETERIZATIONS  # one vocabulary: the math modules' names
 from undiffuse.diffusion.reverse import VAR_TYPES
 from undiffuse.errors import ConfigError, brief
@@ -56,7 +57,8 @@ class DataConfig:
     target, categorical: for ``table:`` data only — the target column (a categorical one makes the model
         class-conditional on it; None: the built-in table's own, none for a CSV) and columns to treat as
         categorical although they hold numbers (:mod:`undiffuse.data.tablefiles`).
-    window: for ``series:`` data only — the steps of a window (None: 64, or a quarter of the test part).
+    window: for ``series:`` data only — the steps of a window (None: 64, or a quarter of the test part); for
+        ``text:`` data the characters of a sequence (None: 256).
     """
 
     name: str = "fashion-mnist"
@@ -102,7 +104,7 @@ class ModelConfig(UNetConfig, MLPConfig):
                 network.__post_init__(self)
             except ValueError as e:
                 raise ConfigError(f"model.{e}") from e
-        _choice(self, "arch", ("auto", "unet", "mlp", "seq"))
+        _choice(self, "arch", ("auto", "unet", "mlp", "seq", "transformer", "causal-transformer"))
         _positive(self, "sr_from")
         if self.class_cond and self.text_cond:
             raise ConfigError("model.class_cond and model.text_cond are exclusive — captions already carry the class; set one")
@@ -114,7 +116,9 @@ class ModelConfig(UNetConfig, MLPConfig):
 class DiffusionConfig:
     """The diffusion process, parameterization and loss.
 
-    schedule, T, schedule_kwargs: :func:`undiffuse.schedules.make_schedule` arguments.
+    schedule, T, schedule_kwargs: :func:`undiffuse.schedules.make_schedule` arguments; for text (the masked
+        process) schedule is the masking schedule α_t (linear | cosine | loglinear, :mod:`undiffuse.diffusion.masked`)
+        and T the number of discrete training times.
     parameterization: what the network predicts (eps | x0 | v | edm).
     learned_variance: learn Σ_θ (Nichol & Dhariwal 2021): doubles the output channels, trains with
         the hybrid loss L_simple + lambda_vlb·L_vlb.
@@ -138,7 +142,7 @@ class DiffusionConfig:
     sigma_data: float = 0.5
 
     def __post_init__(self) -> None:
-        _choice(self, "schedule", SCHEDULES)
+        _choice(self, "schedule", SCHEDULES + tuple(s for s in MASK_SCHEDULES if s not in SCHEDULES))
         _choice(self, "parameterization", PARAMETERIZATIONS)
         if self.weighting is not None:
             _choice(self, "weighting", WEIGHTINGS)

@@ -11,6 +11,7 @@
 | ``medical`` / ``medical:NAME`` | patches of scikit-image's bundled retina.jpg, ihc.png, microaneurysms.png (NAME: retina, ihc, microaneurysms) | – | yes |
 | ``toy:NAME`` | 2-D toy, NAME in 25gaussians, 8gaussians, moons, swissroll | mixtures: K | – |
 | ``series:NAME`` / ``series:PATH.csv`` | windows of S&P 500 / NASDAQ log-returns (arch), US macro data (statsmodels) or a CSV (:mod:`undiffuse.data.series`) | – | – |
+| ``text:kjv`` / ``text:file:PATH`` | windows of ``data.window`` (256) characters of the King James Bible (Debian bible-kjv) or a UTF-8 file (:mod:`undiffuse.data.textdata`) | – | – |
 | ``table:NAME`` / ``table:PATH.csv`` | rows of scikit-learn's breast-cancer, diabetes, wine or a CSV (:mod:`undiffuse.data.tablefiles`) | a categorical ``data.target`` | – |
 
 Nothing is downloaded. ``discrete_8bit`` says the values lie on the 256-level grid u/127.5 − 1, which
@@ -167,6 +168,21 @@ def _series(arg: str, split: str, window: Optional[int] = None) -> Dataset:
     return load_series(arg, split, window)
 
 
+def _text(arg: str, split: str, window: Optional[int] = None) -> Dataset:
+    from undiffuse.data.textdata import load_text
+
+    return load_text(arg, split, window)
+
+
+def _audio(mel: bool):
+    def load(arg: str, split: str, sample_rate: Optional[int] = None) -> Dataset:
+        from undiffuse.data.audio import load_audio
+
+        return load_audio(arg, split, sample_rate, mel=mel)
+
+    return load
+
+
 def _toy(arg: str, split: str) -> Dataset:
     x, y = load_toy(arg, split)
     num_classes = None if y is None else int(len(toy_modes(arg)[0]) if arg != "moons" else 2)
@@ -201,6 +217,7 @@ SOURCES: dict[str, Source] = {
     "toy": Source("toy:NAME", "vector", _toy, "required", tuple(sorted(TOYS))),
     "table": Source("table:breast-cancer|diabetes|wine|PATH.csv", "table", _table, "required"),
     "series": Source("series:sp500|nasdaq|macro|PATH.csv", "series", _series, "required"),
+    "text": Source("text:kjv|file:PATH", "text", _text, "required"),
 }
 DATASET_SPECS = tuple(s.form for s in SOURCES.values() if not s.choices) + tuple(
     f"{p}:{c}" for p, s in SOURCES.items() for c in s.choices)

@@ -127,6 +127,28 @@ def _table_csv(x: torch.Tensor, path: Path, info: Any, **kw: Any) -> Path:
     return write_csv(x, path, info, **kw)
 
 
+def _text(fmt: str) -> Writer:
+    """The writer of token-id samples as .txt (blank-line separated) or .jsonl (undiffuse.data.textdata)."""
+
+    def write(x: torch.Tensor, path: Path, info: Any, **kw: Any) -> Path:
+        from undiffuse.data import textdata
+
+        return getattr(textdata, f"write_{fmt}")(x, path, info, **kw)
+
+    return write
+
+
+def _series(fmt: str) -> Writer:
+    """The writer of windows as .npy [N, L, C], a .csv of blocks or a .png of paths (undiffuse.data.series)."""
+
+    def write(x: torch.Tensor, path: Path, info: Any, **kw: Any) -> Path:
+        from undiffuse.data import series
+
+        return getattr(series, f"write_series_{fmt}")(x, path, info, **kw)
+
+    return write
+
+
 def _series(fmt: str) -> Writer:
     """The writer of windows as .npy [N, L, C], a .csv of blocks or a .png of paths (undiffuse.data.series)."""
 
@@ -151,6 +173,8 @@ KINDS: dict[str, DataKind] = {
                        ("stylised_facts", "discriminative"), describe="[L·C] standardised windows"),  # fmt: skip
     "table": DataKind("table", "mlp", "table", {".csv": _table_csv}, ("columns", "efficacy", "privacy", "detection"),
                       process="mixed", describe="[W]: quantile-normal numbers, one-hot categories"),  # fmt: skip
+    "text": DataKind("text", "transformer", "text", {".txt": _text("txt"), ".jsonl": _text("jsonl")},
+                     ("bits_per_char", "gen_ppl", "infill"), process="masked", describe="[L] character ids"),  # fmt: skip
 }
 
 

@@ -1,0 +1,170 @@
+"""Text models (runs on ``text:`` data): sampling, infilling, prefix continuation and bits per character, for
+the masked-diffusion model (:class:`undiffuse.diffusion.masked.MaskedDenoiser`) and its autoregressive baseline
+(:class:`undiffuse.diffusion.autoregressive.CausalLM`) alike.
+
+Sampling goes through the one driver (:func:`undiffuse.samplers.driver.drive`): sample i's draws come from its
+generator keyed to (seed, i). A template is a string whose ``_`` characters are generated and whose other
+characters are kept (``"In the beginning ____ created"``); a prefix is kept at the start and the rest generated.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from undiffuse.data.textdata import MASK_CHAR, decode, encode
+from undiffuse.diffusion.autoregressive import CausalLM, shift_right
+from undiffuse.diffusion.masked import elbo_stratified
+from undiffuse.errors import UserError
+from undiffuse.rng import derive_seed, generator
+from undiffuse.samplers.driver import drive
+from undiffuse.samplers.masked import sample_left_to_right, sample_masked
+
+__all__ = ["is_autoregressive", "text_meta", "text_eval_data", "template", "generate", "sample_text", "infill", "texts", "token_nll",
+           "text_nll", "ORDERS"]  # fmt: skip
+
+ORDERS = ("ancestral", "confidence")
+
+
+def is_autoregressive(model) -> bool:
+    """Whether ``model`` is the autoregressive baseline (a causal transformer)."""
+    return isinstance(model.denoiser, CausalLM)
+
+
+def text_meta(model) -> dict:
+    """The run's text info: vocab, length, source (refusing a model of another kind of data)."""
+    if model.data.kind != "text":
+        raise UserError(f"this run was trained on {model.data.kind} data, not text — use a run trained on text:")
+    return model.data.extra["text"]
+
+
+def template(model, n: int, length: Optional[int] = None, prefix: Optional[str] = None,
+             pattern: Optional[str] = None) -> torch.Tensor:  # fmt: skip
+    """Starting sequences [n, L] (mask id where to generate): ``pattern`` (``_`` = generate, its length is L), or
+    ``prefix`` kept at the start of ``length`` (default: the training length) characters."""
+    meta = text_meta(model)
+    vocab, max_len = meta["vocab"], meta["length"]
+    V = len(vocab)
+    if pattern is not None:
+        if not pattern or len(pattern) > max_len:
+            raise UserError(f"--text has {len(pattern)} characters; give 1 to {max_len} (the model's sequence length)")
+        keep = torch.tensor([c != MASK_CHAR for c in pattern])
+        ids = torch.full((len(pattern),), V, dtype=torch.long)
+        if keep.any():
+            ids[keep] = encode("".join(c for c in pattern if c != MASK_CHAR), vocab)
+        return ids.expand(n, -1).clone()
+    L = length or max_len
+    if not 1 <= L <= max_len:
+        raise UserError(f"--length {L} must lie in 1..{max_len} (the model's sequence length)")
+    z = torch.full((n, L), V, dtype=torch.long)
+    if prefix:
+        if len(prefix) >= L:
+            raise UserError(f"--prefix has {len(prefix)} characters, not fewer than --length {L} — shorten it")
+        z[:, : len(prefix)] = encode(prefix, vocab)
+    return z
+
+
+def generate(model, z: torch.Tensor, seed: int = 0, steps: Optional[int] = None, order: str = "ancestral",
+             batch_size: int = 64, indices=None, info: Optional[dict] = None) -> torch.Tensor:  # fmt: skip
+    """Fill the mask ids of ``z`` [n, L]: the masked model in ``steps`` steps (default L), ancestral or
+    confidence-ordered; the autoregressive baseline left to right (``steps`` and ``order`` do not apply). ``info``
+    receives ``nfe`` (mean network evaluations per sample) and ``steps``."""
+    if order not in ORDERS:
+        raise UserError(f"unknown order {order!r} — use {' or '.join(ORDERS)}")
+    den, dev = model.denoiser, model.device
+    n, L = z.shape
+    ar = is_autoregressive(model)
+    steps = steps or L
+    used: list[torch.Tensor] = []
+
+    def run_batch(_x, gens, cond, offset):
+        zb = cond["z"].to(dev)
+        if ar:
+            out, nfe = sample_left_to_right(lambda t: den.net(shift_right(t, den.start_id)), zb, gens, den.vocab)
+        else:
+            out, nfe = sample_masked(den.net, zb, den.schedule.alpha, steps, gens, den.mask_id, order,
+                                     den.schedule.alpha_end)  # fmt: skip
+        used.append(nfe)
+        return out.float()
+
+    with torch.no_grad():
+        driven = drive(run_batch, (1,), indices if indices is not None else n, seed=seed, sigma_max=1.0,
+                       batch_size=batch_size, cond={"z": z})  # fmt: skip
+    if info is not None:
+        info.update(nfe=float(torch.cat(used).double().mean()) if used else 0.0, steps=None if ar else steps)
+    return driven.x.long()
+
+
+def sample_text(model, n: int, seed: int = 0, length: Optional[int] = None, steps: Optional[int] = None,
+                prefix: Optional[str] = None, order: str = "ancestral", batch_size: int = 64,
+                info: Optional[dict] = None) -> torch.Tensor:  # fmt: skip
+    """n samples [n, L] of token ids (sample i depends only on (seed, i)), optionally continuing ``prefix``."""
+    return generate(model, template(model, n, length, prefix), seed, steps, order, batch_size, info=info)
+
+
+def infill(model, pattern: str, n: int = 1, seed: int = 0, steps: Optional[int] = None, order: str = "ancestral",
+           info: Optional[dict] = None) -> torch.Tensor:  # fmt: skip
+    """n fillings [n, len(pattern)] of the ``_`` characters of ``pattern``; the other characters are kept."""
+    if MASK_CHAR not in pattern:
+        raise UserError(f"--text has no {MASK_CHAR} to fill — mark each character to generate with {MASK_CHAR}")
+    return generate(model, template(model, n, pattern=pattern), seed, steps, order, info=info)
+
+
+def texts(model, ids: torch.Tensor) -> list[str]:
+    """The strings of token ids [n, L]."""
+    vocab = text_meta(model)["vocab"]
+    return [decode(row, vocab) for row in ids]
+
+
+def text_eval_data(model, spec: Optional[str] = None, split: str = "test", n: Optional[int] = None) -> torch.Tensor:
+    """The first ``n`` disjoint windows [n, L] of ``split`` of ``spec`` (default: the run's own text) in the run's
+    vocabulary and window length."""
+    from undiffuse.data import load_dataset
+
+    meta = text_meta(model)
+    ds = load_dataset(spec or model.data.name, split, window=meta["length"])
+    if ds.extra["text"]["vocab"] != meta["vocab"]:  # another text: re-encode it in the run's vocabulary
+        from undiffuse.data.textdata import source_text, split_text, windows
+
+        ids = encode(split_text(source_text((spec or model.data.name).partition(":")[2]), split), meta["vocab"])
+        return windows(ids, meta["length"], meta["length"])[:n]
+    return ds.x[:n]
+
+
+@torch.no_grad()
+def token_nll(model, x: torch.Tensor) -> torch.Tensor:
+    """The autoregressive baseline's exact −log p(x^ℓ | x^{<ℓ}) [B, L] (nats)."""
+    if not is_autoregressive(model):
+        raise UserError("exact per-token likelihoods need the autoregressive baseline (model.arch=causal-transformer)")
+    return model.denoiser.token_nll(x.to(model.device)).double().cpu()
+
+
+@torch.no_grad()
+def text_nll(model, x: torch.Tensor, n_t: int = 32, seed: int = 0, T: Optional[int] = None,
+             batch_size: int = 64, keep: Optional[torch.Tensor] = None) -> dict:  # fmt: skip
+    """Bits per character on sequences x [N, L] with the standard error over sequences: the autoregressive
+    baseline's exact NLL, or the masked model's bound (``T`` None: the continuous-time ELBO L_∞; else the
+    discrete-time L_T), estimated with ``n_t`` strata of t per sequence. With ``keep`` [N, L] (True = given), the
+    bits per character of the other positions given the kept ones (infilling; the baseline sees only what lies
+    to the left of a position)."""
+    per_seq = []
+    den = model.denoiser
+    g = generator(derive_seed(seed, "text-nll"))
+    for lo in range(0, len(x), batch_size):
+        xb = x[lo : lo + batch_size].to(model.device)
+        kb = keep[lo : lo + batch_size].to(model.device) if keep is not None else None
+        if is_autoregressive(model):
+            nll = den.token_nll(xb).double()
+            per_seq.append((nll if kb is None else nll * ~kb).sum(dim=1).cpu())
+        else:
+            per_seq.append(elbo_stratified(den.net, xb, den.schedule, n_t, g, T, den.vocab, kb).cpu())
+    free = torch.full((len(x),), x.shape[1], dtype=torch.float64) if keep is None else (~keep).sum(dim=1).double().cpu()
+    nats = torch.cat(per_seq) / free
+    bpc = nats / math.log(2)
+    se = float(bpc.std(unbiased=True) / math.sqrt(len(bpc))) if len(bpc) > 1 else float("nan")
+    how = "exact" if is_autoregressive(model) else ("continuous-time ELBO" if T is None else f"discrete-time bound, T = {T}")
+    return {"bits_per_char": float(bpc.mean()), "stderr": se, "n": len(bpc), "length": int(x.shape[1]),
+            "estimator": how, "n_t": None if is_autoregressive(model) else n_t,
+            "model": "autoregressive" if is_autoregressive(model) else "masked diffusion"}  # fmt: skip

@@ -1,0 +1,90 @@
+"""A transformer over token sequences: bidirectional (the masked-diffusion denoiser x_θ(z_t)) or causal (the
+autoregressive baseline), otherwise the same network, so the two have the same size.
+
+``Transformer(tokens [B, L] int64) -> logits [B, L, V]``. Tokens are ids in 0..V, where V is the mask token
+(the denoiser's input) or the start symbol (the causal model's first input); the output covers the V real
+tokens only. Pre-LayerNorm blocks (Xiong et al. 2020) of multi-head self-attention through
+``F.scaled_dot_product_attention`` (``is_causal`` for the baseline) and a GELU MLP of width 4·hidden; learned
+absolute positions up to ``max_len``.
+
+No time input: for the absorbing process the number of masks tells the network how far along t is, and MDLM
+(Sahoo et al. 2024, Sec. 3.2.3) found time conditioning unnecessary; without it x_θ depends on z_t alone, which
+the sampler's cache relies on (a step that unmasks nothing changes nothing), and the bidirectional and causal
+models have exactly the same parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["TransformerConfig", "Transformer"]
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The transformer's own hyperparameters. ``undiffuse.config.ModelConfig`` already carries fields of these
+    names (``hidden``, ``depth``, ``dropout`` from the MLP, ``num_heads`` from the UNet), so
+    ``--set model.hidden=256`` sizes the transformer too; data sizes (vocabulary, length) come at build time."""
+
+    hidden: int = 256
+    depth: int = 4
+    num_heads: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.num_heads:
+            raise ValueError(f"hidden = {self.hidden} does not split into num_heads = {self.num_heads} — change one")
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float, causal: bool) -> None:
+        super().__init__()
+        self.heads, self.causal, self.dropout = heads, causal, dropout
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        B, L, d = h.shape
+        q, k, v = self.qkv(self.ln1(h)).view(B, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=self.causal)  # fmt: skip
+        h = h + self.drop(self.proj(a.transpose(1, 2).reshape(B, L, d)))
+        return h + self.drop(self.mlp(self.ln2(h)))
+
+
+class Transformer(nn.Module):
+    """See the module docstring. ``vocab`` real tokens (ids 0..vocab−1) plus the mask/start id ``vocab``."""
+
+    def __init__(self, vocab: int, max_len: int, hidden: int = 256, depth: int = 4, num_heads: int = 4,
+                 dropout: float = 0.0, causal: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        TransformerConfig(hidden, depth, num_heads, dropout)  # validates
+        self.vocab, self.max_len, self.causal = vocab, max_len, causal
+        self.tok = nn.Embedding(vocab + 1, hidden)
+        self.pos = nn.Parameter(torch.zeros(max_len, hidden))
+        nn.init.normal_(self.pos, std=0.02)
+        nn.init.normal_(self.tok.weight, std=0.02)
+        self.blocks = nn.ModuleList(Block(hidden, num_heads, dropout, causal) for _ in range(depth))
+        self.ln = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, vocab)
+
+    @classmethod
+    def from_config(cls, cfg: Any, vocab: int, max_len: int, causal: bool) -> "Transformer":
+        """From any config with the :class:`TransformerConfig` fields (e.g. ``undiffuse.config.ModelConfig``)."""
+        return cls(vocab, max_len, cfg.hidden, cfg.depth, cfg.num_heads, cfg.dropout, causal)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        L = tokens.shape[1]
+        if L > self.max_len:
+            raise ValueError(f"sequence of {L} tokens is longer than the network's {self.max_len}")
+        h = self.tok(tokens.long()) + self.pos[:L]
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.ln(h))

@@ -1,0 +1,243 @@
+"""The masked-diffusion language model: the absorbing process's math against exact values, the samplers, the text
+data and a short real run through the command line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from undiffuse.diffusion.masked import MASK_SCHEDULES, MaskingSchedule, elbo_stratified, mask_tokens
+from undiffuse.rng import sample_generators
+from undiffuse.samplers.masked import sample_left_to_right, sample_masked
+
+# --- a toy distribution with an exact posterior: a Markov chain over V = 3 tokens, L = 4 -----------------------
+V, L = 3, 4
+P0 = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+P = torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.6, 0.2], [0.3, 0.3, 0.4]], dtype=torch.float64)
+SEQS = torch.tensor(list(itertools.product(range(V), repeat=L)))
+PROB = torch.tensor([float(P0[s[0]] * math.prod(P[s[i], s[i + 1]] for i in range(L - 1))) for s in SEQS.tolist()],
+                    dtype=torch.float64)  # fmt: skip
+
+
+def perfect_logits(z: torch.Tensor) -> torch.Tensor:
+    """log p(x^ℓ | the unmasked tokens of z) at every position [B, L, V] (the exact denoiser of the chain)."""
+    out = torch.empty(*z.shape, V, dtype=torch.float64)
+    for b, row in enumerate(z):
+        seen = row != V
+        fits = (SEQS[:, seen] == row[seen]).all(dim=1)
+        w = PROB * fits
+        for pos in range(L):
+            p = torch.zeros(V, dtype=torch.float64).index_add_(0, SEQS[:, pos], w)
+            out[b, pos] = (p / p.sum()).clamp_min(1e-300).log()
+    return out
+
+
+def exact_discrete_bound(x: torch.Tensor, sch: MaskingSchedule, T: int) -> float:
+    """L_T of sequence x under the perfect denoiser, summing exactly over the 2^L mask patterns of every step."""
+    total = 0.0
+    for i in range(1, T + 1):
+        t, s = torch.tensor(i / T), torch.tensor((i - 1) / T)
+        a_t, w = float(sch.alpha(t)), float(sch.step_weight(s, t))
+        for pat in itertools.product([False, True], repeat=L):
+            m = torch.tensor(pat)
+            k = int(m.sum())
+            if k == 0:
+                continue
+            prob = a_t ** (L - k) * (1 - a_t) ** k
+            z = torch.where(m, torch.full_like(x, V), x)
+            logp = perfect_logits(z[None])[0]
+            total += prob * w * float(-logp[m, x[m]].sum())
+    return total
+
+
+def test_schedules_end_points_and_weight():
+    for name in MASK_SCHEDULES:
+        s = MaskingSchedule(name)
+        assert float(s.alpha(torch.tensor(0.0))) == 1.0
+        assert float(s.alpha(torch.tensor(1.0))) == pytest.approx(s.alpha_end, abs=1e-15)
+        t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+        h = 1e-6  # α'_t against a central difference, w(t) = −α'/(1 − α)
+        fd = (s.alpha(t + h) - s.alpha(t - h)) / (2 * h)
+        assert torch.allclose(s.dalpha(t), fd, rtol=1e-6)
+        assert torch.allclose(s.weight(t), -fd / (1 - s.alpha(t)), rtol=1e-6)
+    assert torch.allclose(MaskingSchedule("linear").weight(torch.tensor([0.25])), torch.tensor([4.0], dtype=torch.float64))
+
+
+def test_masking_marginals_exact_and_nested():
+    """On an exact grid of N uniforms, the share of masked tokens is 1 − α_t to within 1/N, and masks are nested."""
+    N = 100_000
+    u = ((torch.arange(N, dtype=torch.float64) + 0.5) / N)[None]
+    x = torch.zeros(1, N, dtype=torch.long)
+    for name in MASK_SCHEDULES:
+        sch = MaskingSchedule(name)
+        prev = None
+        for t in (0.0, 0.1, 0.5, 0.9, 1.0):
+            a = sch.alpha(torch.tensor([t]))
+            z = mask_tokens(x, a, u, mask_id=V)
+            share = float((z == V).double().mean())
+            assert abs(share - (1 - float(a))) <= 1.0 / N
+            if prev is not None:
+                assert bool(((prev == V) <= (z == V)).all())  # a token masked at s stays masked at t > s
+            prev = z
+
+
+def test_elbo_weight_against_monte_carlo():
+    """The share of tokens masked at t that were still unmasked at t − h, from simulated masking times, matches
+    (α_{t−h} − α_t)/(1 − α_t) and divided by h tends to w(t) = −α'_t/(1 − α_t)."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(2_000_000, generator=g, dtype=torch.float64)
+    h = 0.02
+    for name in ("linear", "cosine"):
+        sch = MaskingSchedule(name)
+        for t in (0.3, 0.7):
+            a_t, a_s = float(sch.alpha(torch.tensor(t))), float(sch.alpha(torch.tensor(t - h)))
+            masked_t = u >= a_t
+            fresh = (u[masked_t] < a_s).double()  # masked at t but not at t − h
+            mc, se = float(fresh.mean()), float(fresh.std() / math.sqrt(len(fresh)))
+            exact = float(sch.step_weight(torch.tensor(t - h), torch.tensor(t)))
+            assert abs(mc - exact) < 4 * se
+            w = float(sch.weight(torch.tensor(t)))
+            assert abs(mc / h - w) < 0.05 * w + 4 * se / h  # O(h) from the finite step
+
+
+def test_perfect_denoiser_bound_tends_to_true_nll():
+    """With the exact posterior of a Markov chain, L_T ≥ −log p(x), decreasing in T, and L_T → −log p(x)."""
+    sch = MaskingSchedule("linear")
+    for j in (0, 40, 77):
+        x = SEQS[j]
+        nll = -math.log(float(PROB[j]))
+        bounds = [exact_discrete_bound(x, sch, T) for T in (1, 4, 16, 256)]
+        assert all(b >= nll - 1e-9 for b in bounds)
+        assert all(a >= b - 1e-9 for a, b in zip(bounds, bounds[1:]))
+        assert bounds[0] == pytest.approx(float(-perfect_logits(torch.full((1, L), V))[0, torch.arange(L), x].sum()))
+        assert bounds[-1] - nll < 0.01 * (bounds[0] - nll) + 1e-3
+
+
+def test_stratified_estimates_are_unbiased():
+    """The module's stratified Monte Carlo estimates of L_T and L_∞ agree with the exact values within their SE."""
+    x = SEQS[[40]].repeat(3000, 1)
+    nll = -math.log(float(PROB[40]))
+    sch = MaskingSchedule("cosine")
+    g = torch.Generator().manual_seed(1)
+    est = elbo_stratified(perfect_logits, x, sch, 4, g, T=4, vocab=V)
+    exact = exact_discrete_bound(x[0], sch, 4)
+    assert abs(float(est.mean()) - exact) < 4 * float(est.std() / math.sqrt(len(est)))
+    est = elbo_stratified(perfect_logits, x, sch, 4, g, vocab=V)  # continuous time: equals the true NLL
+    assert abs(float(est.mean()) - nll) < 4 * float(est.std() / math.sqrt(len(est)))
+
+
+def test_sampler_exact_distribution_with_perfect_denoiser():
+    """One position a step (K = L) with the exact posterior draws x from p exactly: frequencies match p(x)."""
+    n = 2000
+    z = torch.full((n, L), V)
+    x, nfe = sample_masked(perfect_logits, z, MaskingSchedule("linear").alpha, 64, sample_generators(0, range(n)), V)
+    assert bool((x != V).all()) and int(nfe.max()) <= L  # the cache: at most one evaluation per unmasked change
+    idx = (x * torch.tensor([V**3, V**2, V, 1])).sum(dim=1)
+    freq = torch.bincount(idx, minlength=V**L).double() / n
+    chi2 = float(((freq - PROB) ** 2 / PROB).sum() * n)
+    assert chi2 < 81 + 4 * math.sqrt(2 * 80)  # χ² with 80 degrees of freedom
+
+
+@pytest.mark.parametrize("order", ["ancestral", "confidence"])
+def test_sampler_determinism_and_infilling_keeps_given(order):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Embedding(V + 1, 8), torch.nn.Linear(8, V))
+    z = torch.full((5, 12), V)
+    z[:, [0, 5, 11]] = torch.tensor([2, 0, 1])
+    alpha = MaskingSchedule("linear").alpha
+    with torch.no_grad():
+        a, _ = sample_masked(net, z, alpha, 6, sample_generators(7, range(5)), V, order)
+        b, _ = sample_masked(net, z[3:4], alpha, 6, sample_generators(7, [3]), V, order)
+        c, _ = sample_masked(net, z, alpha, 6, sample_generators(8, range(5)), V, order)
+        d, _ = sample_left_to_right(net, z, sample_generators(7, range(5)), V)
+    assert torch.equal(a[3:4], b)  # sample i depends only on (seed, i)
+    assert not torch.equal(a, c)
+    for out in (a, d):
+        assert bool((out != V).all())
+        assert torch.equal(out[:, [0, 5, 11]], z[:, [0, 5, 11]])  # given characters kept
+
+
+# --- text data and the command line -------------------------------------------------------------------------------
+
+
+def _cli(*args, ok=True):
+    r = subprocess.run([sys.executable, "-m", "undiffuse.cli.main", *args], capture_output=True, text=True,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert (r.returncode == 0) == ok, r.stderr
+    return r
+
+
+def test_bad_text_files_one_line_errors(tmp_path):
+    from undiffuse.data import load_dataset
+    from undiffuse.data.errors import DataError
+
+    (tmp_path / "bin.txt").write_bytes(b"abc\x00\x01def")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "empty.txt").write_text("  \n")
+    for name, words in [("missing.txt", "no such text file"), ("bin.txt", "binary"), ("latin1.txt", "not UTF-8"),
+                        ("empty.txt", "no text")]:  # fmt: skip
+        with pytest.raises(DataError, match=words) as e:
+            load_dataset(f"text:file:{tmp_path / name}", "train")
+        assert "\n" not in str(e.value) and "—" in str(e.value)
+    r = _cli("train", "--data", f"text:file:{tmp_path / 'bin.txt'}", "--out", str(tmp_path / "r"), ok=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "binary" in r.stderr
+
+
+def test_text_windows_vocab_and_split(tmp_path):
+    from undiffuse.data import load_dataset
+    from undiffuse.data.textdata import decode
+
+    text = "".join(f"line {i} of the text\n" for i in range(200))
+    (tmp_path / "t.txt").write_text(text)
+    tr = load_dataset(f"text:file:{tmp_path / 't.txt'}", "train", window=32)
+    te = load_dataset(f"text:file:{tmp_path / 't.txt'}", "test", window=32)
+    vocab = tr.extra["text"]["vocab"]
+    assert vocab == "".join(sorted(set(text))) and tr.kind == "text" and tr.shape == (32,)
+    assert decode(tr.x[0], vocab) == text[:32] and decode(tr.x[1], vocab) == text[16:48]  # half-overlapping
+    cut = text.find(decode(te.x[0], vocab))
+    assert cut >= 0.9 * len(text) and text.endswith("\n") and text[cut - 1] == "\n"  # test: the last block
+
+
+@pytest.mark.skipif(shutil.which("bible") is None, reason="Debian's bible-kjv is not installed")
+def test_kjv_one_verse_per_line():
+    from undiffuse.data.textdata import kjv_text
+
+    lines = kjv_text().splitlines()
+    assert len(lines) == 31102
+    assert lines[0] == "In the beginning God created the heaven and the earth."
+    assert lines[-1] == "The grace of our Lord Jesus Christ be with you all. Amen."
+
+
+def test_short_training_run_through_the_cli(tmp_path):
+    """Train both models a few steps on synthetic text, then sample, continue, infill and score them."""
+    (tmp_path / "t.txt").write_text("".join(f"{w} sat on the mat.\n" for w in ["the cat", "a dog", "my hen"] * 120))
+    data = f"text:file:{tmp_path / 't.txt'}"
+    small = ["--set", "model.hidden=32", "--set", "model.depth=1", "--set", "model.num_heads=2", "--set", "data.window=32",
+             "--set", "train.batch_size=16", "--set", "train.val_every=30", "--set", "train.warmup_steps=5",
+             "--set", "train.precision=fp32", "--set", "train.lr=3e-3", "--no-progress"]  # fmt: skip
+    for arch in ("transformer", "causal-transformer"):
+        run = tmp_path / arch
+        _cli("train", "--data", data, "--out", str(run), "--steps", "30", "--set", f"model.arch={arch}", *small)
+        log = [json.loads(s) for s in (run / "log.jsonl").read_text().splitlines()]
+        assert log[-1]["val_loss"] < math.log(len(set((tmp_path / "t.txt").read_text()))) - 0.3  # it learned something
+        _cli("sample", str(run), "--n", "3", "--seed", "0", "--out", str(tmp_path / "s.txt"))
+        samples = (tmp_path / "s.txt").read_text().rstrip("\n").split("\n\n")
+        assert len(samples) == 3 and all(len(s) <= 32 for s in samples)
+        _cli("sample", str(run), "--n", "2", "--prefix", "the cat", "--length", "20", "--out", str(tmp_path / "p.jsonl"))
+        rows = [json.loads(s) for s in (tmp_path / "p.jsonl").read_text().splitlines()]
+        assert [r["index"] for r in rows] == [0, 1] and all(r["text"].startswith("the cat") for r in rows)
+        _cli("edit", str(run), "--text", "a dog s__ on the mat.", "--out", str(tmp_path / "e.txt"))
+        filled = (tmp_path / "e.txt").read_text().rstrip("\n")
+        assert len(filled) == 21 and filled[:7] == "a dog s" and filled[9:] == " on the mat." and "_" not in filled
+        r = _cli("nll", str(run), "--n", "8", "--n-t", "4", "--json", "-")
+        res = json.loads(r.stdout)
+        assert 0 < res["bits_per_char"] < math.log2(20) and res["n"] == 8
+    r = _cli("sample", str(tmp_path / "causal-transformer"), "--steps", "4", "--out", str(tmp_path / "x.txt"), ok=False)
+    assert r.returncode == 2 and "left to right" in r.stderr
