@@ -124,6 +124,12 @@ def build_network(cfg: ModelConfig, info: DataInfo, learned_variance: bool = Fal
                                 cond_dim=TEXT_DIM if cfg.text_cond else None, extra_in_channels=c if cfg.sr_from else 0)  # fmt: skip
     if arch == "seq":  # dilated 1-D convolutions over a series window (undiffuse.nn.seqnet)
         return _seqnet(cfg, info, num_classes, mult)
+    if arch == "wavenet":  # DiffWave's dilated residual 1-D convolutions over a waveform (undiffuse.nn.wavenet)
+        from undiffuse.nn.wavenet import WaveNet, WaveNetConfig
+
+        if mult != 1:
+            raise ConfigError("model.arch = wavenet has no learned variance — set diffusion.learned_variance=false")
+        return WaveNet(WaveNetConfig.from_model(cfg), num_classes)
     if arch in TEXT_ARCHS:  # undiffuse.nn.transformer: bidirectional (masked diffusion) or causal (AR baseline)
         from undiffuse.nn.transformer import Transformer
 

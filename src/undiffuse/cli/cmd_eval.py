@@ -43,6 +43,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed: sample i depends only on (seed, i)")
     p.add_argument("--nll-n", type=int, default=200, help="test examples for the NLL of a run (0: skip)")
     p.add_argument("--nll-nt", type=positive_int, default=50, help="strata over t of the diffusion VLB estimate")
+    p.add_argument("--guidance", type=float, nargs="+", default=None, help="audio runs: classifier-free guidance "
+                   "scales to sweep (default 1 2 4)")
     p.add_argument("--reference", default=None, metavar="AR_RUN", help="text runs: the autoregressive run whose "
                    "perplexity of the samples is reported (gen-PPL)")
     p.add_argument("--classifier", default=None, help="a saved SmallClassifier (default: the cached one of the data)")
@@ -112,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
             return eval_text(args, target)
         if run_data_name(str(target)).startswith("series:"):  # stylised facts beside GARCH(1,1)-t
             return eval_series(args, target)
+        from undiffuse.cli.audio import eval_audio, is_audio_data
+
+        if is_audio_data(run_data_name(str(target))):  # digit accuracy and classifier FD per guidance scale
+            return eval_audio(args, target)
         result = evaluate_run(target, args)
         if result is None:  # a non-zero rank under torchrun
             return 0

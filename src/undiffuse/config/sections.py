@@ -59,6 +59,7 @@ class DataConfig:
         categorical although they hold numbers (:mod:`undiffuse.data.tablefiles`).
     window: for ``series:`` data only — the steps of a window (None: 64, or a quarter of the test part); for
         ``text:`` data the characters of a sequence (None: 256).
+    sample_rate: for ``audio:``/``mel:`` data only — the clips' sample rate in Hz (None: 16000).
     """
 
     name: str = "fashion-mnist"
@@ -70,9 +71,10 @@ class DataConfig:
     target: Optional[str] = None
     categorical: tuple[str, ...] = ()
     window: Optional[int] = None
+    sample_rate: Optional[int] = None
 
     def __post_init__(self) -> None:
-        _positive(self, "image_size", "limit", "patch_size", "patches_per_image")
+        _positive(self, "image_size", "limit", "patch_size", "patches_per_image", "sample_rate")
         if self.image_size is not None and self.image_size < 2:
             raise ConfigError(f"data.image_size = {self.image_size} is not an image — use at least 2 (e.g. 32)")
 
@@ -104,7 +106,7 @@ class ModelConfig(UNetConfig, MLPConfig):
                 network.__post_init__(self)
             except ValueError as e:
                 raise ConfigError(f"model.{e}") from e
-        _choice(self, "arch", ("auto", "unet", "mlp", "seq", "transformer", "causal-transformer"))
+        _choice(self, "arch", ("auto", "unet", "mlp", "seq", "transformer", "causal-transformer", "wavenet"))
         _positive(self, "sr_from")
         if self.class_cond and self.text_cond:
             raise ConfigError("model.class_cond and model.text_cond are exclusive — captions already carry the class; set one")

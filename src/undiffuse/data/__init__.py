@@ -12,6 +12,7 @@
 | ``toy:NAME`` | 2-D toy, NAME in 25gaussians, 8gaussians, moons, swissroll | mixtures: K | – |
 | ``series:NAME`` / ``series:PATH.csv`` | windows of S&P 500 / NASDAQ log-returns (arch), US macro data (statsmodels) or a CSV (:mod:`undiffuse.data.series`) | – | – |
 | ``text:kjv`` / ``text:file:PATH`` | windows of ``data.window`` (256) characters of the King James Bible (Debian bible-kjv) or a UTF-8 file (:mod:`undiffuse.data.textdata`) | – | – |
+| ``audio:spoken-digits`` / ``audio:drums`` / ``audio:folder:PATH`` | 1 s mono clips at ``data.sample_rate`` (16 kHz): espeak-ng digits split by voice, sonic-pi drum one-shots, WAV/FLAC files (:mod:`undiffuse.data.audio`); ``mel:…`` the same as 32×32 log-mel images | digits: 10 | – |
 | ``table:NAME`` / ``table:PATH.csv`` | rows of scikit-learn's breast-cancer, diabetes, wine or a CSV (:mod:`undiffuse.data.tablefiles`) | a categorical ``data.target`` | – |
 
 Nothing is downloaded. ``discrete_8bit`` says the values lie on the 256-level grid u/127.5 − 1, which
@@ -217,6 +218,8 @@ SOURCES: dict[str, Source] = {
     "toy": Source("toy:NAME", "vector", _toy, "required", tuple(sorted(TOYS))),
     "table": Source("table:breast-cancer|diabetes|wine|PATH.csv", "table", _table, "required"),
     "series": Source("series:sp500|nasdaq|macro|PATH.csv", "series", _series, "required"),
+    "audio": Source("audio:spoken-digits|drums|folder:PATH", "audio", _audio(False), "required"),
+    "mel": Source("mel:spoken-digits|drums|folder:PATH", "mel", _audio(True), "required"),
     "text": Source("text:kjv|file:PATH", "text", _text, "required"),
 }
 DATASET_SPECS = tuple(s.form for s in SOURCES.values() if not s.choices) + tuple(

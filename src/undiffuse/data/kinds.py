@@ -149,18 +149,21 @@ def _series(fmt: str) -> Writer:
     return write
 
 
-def _series(fmt: str) -> Writer:
-    """The writer of windows as .npy [N, L, C], a .csv of blocks or a .png of paths (undiffuse.data.series)."""
+def _audio(fmt: str) -> Writer:
+    """The writer of audio samples (waveforms, or log-mel images vocoded by Griffin-Lim) as one .wav with 0.25 s
+    of silence between samples, one WAV per sample (dir), float32 [N, L] .npy or a .png of spectrograms
+    (undiffuse.data.audio)."""
 
     def write(x: torch.Tensor, path: Path, info: Any, **kw: Any) -> Path:
-        from undiffuse.data import series
+        from undiffuse.data import audio
 
-        return getattr(series, f"write_series_{fmt}")(x, path, info, **kw)
+        return getattr(audio, f"write_audio_{fmt}")(x, path, info, **kw)
 
     return write
 
 
 _GRID = {".png": _image_grid, ".jpg": _image_grid, ".jpeg": _image_grid}
+_AUDIO = {".wav": _audio("wav"), "dir": _audio("dir"), ".npy": _audio("npy"), ".png": _audio("png")}
 
 #: The registry of kinds. A new kind of data is one entry here (plus its datasets and, if new, network).
 KINDS: dict[str, DataKind] = {
@@ -173,6 +176,10 @@ KINDS: dict[str, DataKind] = {
                        ("stylised_facts", "discriminative"), describe="[L·C] standardised windows"),  # fmt: skip
     "table": DataKind("table", "mlp", "table", {".csv": _table_csv}, ("columns", "efficacy", "privacy", "detection"),
                       process="mixed", describe="[W]: quantile-normal numbers, one-hot categories"),  # fmt: skip
+    "audio": DataKind("audio", "wavenet", "audio", _AUDIO, ("digit_accuracy", "fd", "nll"),
+                      describe="[L] waveform in [-1, 1] at DataInfo.extra['audio']['rate']"),  # fmt: skip
+    "mel": DataKind("mel", "unet", "audio-mel", _AUDIO, ("digit_accuracy", "fd", "nll"),
+                    describe="[1, 32, 32] log-mel image in [-1, 1], vocoded by Griffin-Lim"),  # fmt: skip
     "text": DataKind("text", "transformer", "text", {".txt": _text("txt"), ".jsonl": _text("jsonl")},
                      ("bits_per_char", "gen_ppl", "infill"), process="masked", describe="[L] character ids"),  # fmt: skip
 }
@@ -237,6 +244,8 @@ class SampleStream:
         if self.typ == ".npy":
             c, *rest = data.shape
             shape = (n, *rest, c) if data.kind == "image" else (n, *data.shape)
+            if data.kind == "mel":  # written as the vocoded waveforms [n, L]
+                shape = (n, data.extra["audio"]["length"])
             self._ctx = atomic_path(self.path)
             tmp = self._ctx.__enter__()
             dtype = (np.uint16 if _bits(data) == 16 else np.uint8) if data.kind == "image" else np.float32
@@ -244,10 +253,14 @@ class SampleStream:
 
     def __call__(self, start: int, x: torch.Tensor) -> None:
         if self.arr is None:
-            _image_dir(x, self.path, self.data, start=start, total=self.n)
+            KINDS[self.data.kind].writers["dir"](x, self.path, self.data, start=start, total=self.n)
             return
         if self.data.kind == "image":
             self.arr[start : start + len(x)] = _image_array(x.cpu(), _bits(self.data))
+        elif self.data.kind in ("audio", "mel"):
+            from undiffuse.data.audio import waveforms
+
+            self.arr[start : start + len(x)] = waveforms(x, self.data).numpy()
         else:
             self.arr[start : start + len(x)] = x.float().cpu().numpy()
 

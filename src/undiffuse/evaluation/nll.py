@@ -23,7 +23,8 @@ def eval_data(model: Model, spec: Optional[str] = None, split: str = "test", n: 
     if n is not None and n < 1:
         raise UserError(f"--n must be positive, got {n}")
     d = model.config.data  # the run's patch options apply to the run's own data only
-    patches = {"patch_size": d.patch_size, "patches_per_image": d.patches_per_image} if spec in (None, d.name) else {}
+    patches = {"patch_size": d.patch_size, "patches_per_image": d.patches_per_image,
+               "sample_rate": d.sample_rate} if spec in (None, d.name) else {}  # fmt: skip
     try:
         ds = load_dataset(spec or model.data.name, split, image_size=d.image_size, **patches)
     except UserError:

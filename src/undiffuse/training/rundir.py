@@ -56,7 +56,8 @@ def load_training_data(cfg: RunConfig, device: torch.device) -> TrainingData:
     size = d.image_size if d.image_size is not None else (32 if d.name.startswith("folder:") else None)
     patches = {"patch_size": d.patch_size, "patches_per_image": d.patches_per_image,  # patches:/medical only
                "target": d.target, "categorical": tuple(d.categorical) or None,  # table: only
-               "window": d.window}  # series: only
+               "window": d.window,  # series: only
+               "sample_rate": d.sample_rate}  # audio:/mel: only
     ds = _load(d.name, "train", size, **patches)
     if len(ds) == 0:
         raise UserError(f"dataset {d.name} is empty — check the path or name")
