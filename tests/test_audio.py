@@ -258,3 +258,18 @@ def test_vocoder_distances_are_zero_for_identical_clips_and_grow_with_noise():
     assert 0 < mrstft_distance(x, small) < mrstft_distance(x, big)
     assert 0 < log_spectral_distance(x, small) < log_spectral_distance(x, big)
     assert abs(log_spectral_distance(x, 10 ** 0.5 * x) - 10.0) < 1e-3  # a 10 dB gain is 10 dB everywhere
+
+
+def test_diffusion_vocoder_trains_on_its_clips_mel_and_vocodes_a_given_clip(tmp_path, capsys):
+    root, run = _folder(tmp_path), str(tmp_path / "voc")
+    sets = ["data.sample_rate=2000", "model.arch=wavenet", "model.mel_cond=true", "model.hidden=8", "model.depth=2",
+            "train.batch_size=4", "train.val_every=0", "train.ckpt_every=2"]
+    code, _, err = _cli(capsys, "train", "--data", f"audio:folder:{root}", "--preset", "audio", "--out", run,
+                        "--steps", "2", *[a for s in sets for a in ("--set", s)])  # fmt: skip
+    assert code == 0, err
+    code, _, err = _cli(capsys, "sample", run, "--n", "2", "--steps", "3", "--lowres", str(root / "1.wav"),
+                        "--out", str(tmp_path / "v.npy"))  # fmt: skip
+    assert code == 0, err
+    assert np.load(tmp_path / "v.npy").shape == (2, 2000)
+    code, _, err = _cli(capsys, "sample", run, "--n", "2", "--out", str(tmp_path / "w.npy"))
+    assert code == 2 and "--lowres CLIP.wav" in err

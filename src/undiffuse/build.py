@@ -129,6 +129,11 @@ def build_network(cfg: ModelConfig, info: DataInfo, learned_variance: bool = Fal
 
         if mult != 1:
             raise ConfigError("model.arch = wavenet has no learned variance — set diffusion.learned_variance=false")
+        if cfg.mel_cond:  # a diffusion vocoder: the clip's log-mel spectrogram is the local condition
+            from undiffuse.data.audio import VOCODER_MEL
+
+            spec = VOCODER_MEL(info.extra["audio"]["rate"])
+            return WaveNet(WaveNetConfig.from_model(cfg, n_mels=spec.n_mels, hop=spec.hop), num_classes)
         return WaveNet(WaveNetConfig.from_model(cfg), num_classes)
     if arch in TEXT_ARCHS:  # undiffuse.nn.transformer: bidirectional (masked diffusion) or causal (AR baseline)
         from undiffuse.nn.transformer import Transformer
@@ -211,7 +216,7 @@ def architecture_signature(cfg: RunConfig, info: DataInfo) -> str:
         "num_classes": info.num_classes if cfg.model.class_cond else None,
         "learned_variance": cfg.diffusion.learned_variance,
     }
-    for k in ("text_cond", "sr_from"):  # fields added later: at their defaults, old signatures still hold
+    for k in ("text_cond", "sr_from", "mel_cond"):  # fields added later: at their defaults, old signatures still hold
         if not relevant["model"].get(k):
             relevant["model"].pop(k, None)
     if arch == "mlp":  # UNet-only fields do not change an MLP

@@ -178,6 +178,24 @@ def _load_lowres(model: "Model", lowres: Any, n: int) -> torch.Tensor:
     return upsample_condition(x.expand(n, -1, -1, -1), h).to(model.device)
 
 
+def _clip_mel(model: "Model", clip: Any, n: int) -> torch.Tensor:
+    """A vocoder's condition: the log-mel [n, M, frames] of a clip (waveforms [B, L] in [-1, 1] or a WAV/FLAC path,
+    prepared like the training clips)."""
+    from undiffuse.data.audio import SECONDS, prepare, read_audio, vocoder_condition
+
+    rate = model.data.extra["audio"]["rate"]
+    if isinstance(clip, (str, os.PathLike)):
+        x, r = read_audio(clip)
+        clip = prepare(x, r, rate, int(rate * SECONDS))
+    x = torch.as_tensor(clip, dtype=torch.float32)
+    x = x[None] if x.ndim == 1 else x
+    if x.ndim != 2 or x.shape[1] != model.data.shape[0]:
+        raise UserError(f"a clip of shape {tuple(x.shape)} does not fit: need [B, {model.data.shape[0]}] samples")
+    if len(x) not in (1, n):
+        raise UserError(f"{len(x)} clips for {n} samples — give one, or one per sample")
+    return vocoder_condition(x.expand(n, -1), rate).to(model.device)
+
+
 def conditioning(
     model: "Model", n: int, class_label: Any = None, prompt: Any = None, guidance: Optional[float] = None,
     lowres: Any = None,
@@ -204,8 +222,11 @@ def conditioning(
     if class_label is not None and not m.class_cond:
         what = "text-conditional — use --prompt" if text else "not class-conditional"
         raise UserError(f"this run is {what}; a class label needs a run trained with --cond class")
-    if lowres is not None and not sr:
+    vocoder = bool(getattr(m, "mel_cond", False))
+    if lowres is not None and not (sr or vocoder):
         raise UserError("this run is not a super-resolution model (model.sr_from) — drop the low-res input")
+    if vocoder and lowres is None:
+        raise UserError("this run is a diffusion vocoder — pass the clip whose mel spectrogram to vocode (--lowres CLIP.wav)")
     if sr and lowres is None:
         raise UserError(f"this run super-resolves {sr}×{sr} images — pass the low-res input image")
     if m.class_cond:
@@ -223,6 +244,8 @@ def conditioning(
         cond.update(text_encoder(model).condition(prompts, device=model.device))
     if sr:
         cond["x_cond"] = _load_lowres(model, lowres, n)
+    if vocoder:
+        cond["mel"] = _clip_mel(model, lowres, n)
     if guidance is not None and not ("class_labels" in cond or "context" in cond):
         raise UserError("--guidance needs a condition to guide: a class-conditional run, or --prompt for a text run")
     if not cond:

@@ -93,12 +93,15 @@ class ModelConfig(UNetConfig, MLPConfig):
         (cross-attention, ``cond_dim`` 384; caption dropout ``train.cond_drop``); needs ``undiffuse[text]``.
     sr_from: super-resolution (SR3): the upsampled sr_from × sr_from version of the image joins the
         input channels (e.g. 14 for 28×28 Fashion-MNIST); None for none.
+    mel_cond: a diffusion vocoder (DiffWave's local conditioner, Kong et al. 2021 §3.2): the WaveNet also gets the
+        log-mel spectrogram of the clip (:func:`undiffuse.data.audio.VOCODER_MEL`); sampled with ``--lowres CLIP.wav``.
     """
 
     arch: str = "auto"
     class_cond: bool = False
     text_cond: bool = False
     sr_from: Optional[int] = None
+    mel_cond: bool = False
 
     def __post_init__(self) -> None:
         for network in (UNetConfig, MLPConfig):
@@ -108,6 +111,8 @@ class ModelConfig(UNetConfig, MLPConfig):
                 raise ConfigError(f"model.{e}") from e
         _choice(self, "arch", ("auto", "unet", "mlp", "seq", "transformer", "causal-transformer", "wavenet"))
         _positive(self, "sr_from")
+        if self.mel_cond and self.arch != "wavenet":
+            raise ConfigError("model.mel_cond (a diffusion vocoder) needs model.arch=wavenet — set it, or unset mel_cond")
         if self.class_cond and self.text_cond:
             raise ConfigError("model.class_cond and model.text_cond are exclusive — captions already carry the class; set one")
 

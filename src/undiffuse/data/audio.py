@@ -303,6 +303,19 @@ def from_mel_image(img: torch.Tensor, rate: int, length: int, iters: int = 64) -
     return 0.95 * x / x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
+def VOCODER_MEL(rate: int):
+    """The diffusion vocoder's condition at ``rate``: 80 HTK bands, hop 16 ms (256 at 16 kHz), n_fft 4·hop."""
+    from undiffuse.data.mel import MelSpec
+
+    hop = 256 * rate // 16000
+    return MelSpec(rate=rate, n_mels=80, n_fft=4 * hop, hop=hop)
+
+
+def vocoder_condition(wav: torch.Tensor, rate: int) -> torch.Tensor:
+    """The log-mel [N, 80, 1 + L//hop] of waveforms [N, L] that a diffusion vocoder is conditioned on."""
+    return VOCODER_MEL(rate).log(wav.float())
+
+
 # --- writers (the "audio" and "mel" kinds of undiffuse.data.kinds) ------------------------------------------
 
 

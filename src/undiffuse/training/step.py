@@ -133,6 +133,10 @@ class StepEngine:
             from undiffuse.conditioning import sr_condition
 
             cond["x_cond"] = sr_condition(x0, m.sr_from)
+        if m.mel_cond and x0 is not None:  # a diffusion vocoder: the clip's own log-mel (never dropped)
+            from undiffuse.data.audio import vocoder_condition
+
+            cond["mel"] = vocoder_condition(x0, self.info.extra["audio"]["rate"])
         return cond
 
     def batch_loss(self, x0, draws: StepDraws, labels, captions: Optional[torch.Tensor] = None,
