@@ -239,5 +239,27 @@ def test_short_training_run_through_the_cli(tmp_path):
         r = _cli("nll", str(run), "--n", "8", "--n-t", "4", "--json", "-")
         res = json.loads(r.stdout)
         assert 0 < res["bits_per_char"] < math.log2(20) and res["n"] == 8
+    _cli("eval", str(tmp_path / "transformer"), "--n", "2", "--nll-n", "4", "--reference", str(tmp_path / "causal-transformer"),
+         "--out", str(tmp_path / "ev"))  # fmt: skip
+    rep = json.loads((tmp_path / "ev.json").read_text())
+    assert rep["samples"]["gen_ppl"]["ppl_per_char"] > 1 and 0 <= rep["infill"]["accuracy"] <= 1
     r = _cli("sample", str(tmp_path / "causal-transformer"), "--steps", "4", "--out", str(tmp_path / "x.txt"), ok=False)
     assert r.returncode == 2 and "left to right" in r.stderr
+
+
+def test_transformer_causality_and_rotary_relative_positions():
+    from undiffuse.nn.transformer import Transformer, rotary, rotate
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 5, (2, 10))
+    y = x.clone()
+    y[:, 6:] = (y[:, 6:] + 1) % 5  # change the future
+    with torch.no_grad():
+        causal, both = Transformer(5, 16, 16, 2, 2, causal=True).eval(), Transformer(5, 16, 16, 2, 2).eval()
+        assert torch.allclose(causal(x)[:, :6], causal(y)[:, :6], atol=1e-6)  # position ℓ sees only x^{≤ℓ}
+        assert not torch.allclose(both(x)[:, :6], both(y)[:, :6], atol=1e-4)  # the denoiser sees both sides
+    cos, sin = rotary(16, 8)
+    q, k = torch.randn(8, dtype=torch.float64).float(), torch.randn(8).float()
+    rq, rk = rotate(q.expand(16, 8), cos, sin), rotate(k.expand(16, 8), cos, sin)
+    scores = rq @ rk.T  # q at position i against k at position j depends on j − i only
+    assert torch.allclose(scores[2, 5], scores[9, 12], atol=1e-5) and torch.allclose(scores[7, 3], scores[11, 7], atol=1e-5)

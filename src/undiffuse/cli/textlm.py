@@ -82,13 +82,14 @@ def nll_text(args: argparse.Namespace, model) -> int:
 
 def eval_text(args: argparse.Namespace, target) -> int:
     """``undiffuse eval RUN`` for a text run: :func:`undiffuse.evaluation.text_report.evaluate_text_run`."""
-    from undiffuse.evaluation.report import write_report
-    from undiffuse.evaluation.text_report import evaluate_text_run
+    from undiffuse.evaluation.text_report import evaluate_text_run, markdown
+    from undiffuse.io import write_json, write_text
 
     n = 32 if args.n == 2500 else args.n  # the image default of --n is far too many 256-character samples on a CPU
     result = evaluate_text_run(target, n=n, steps=args.steps, seed=args.seed, reference=args.reference,
                                device=args.device or "cpu", nll_n=args.nll_n or 200, n_t=min(args.nll_nt, 16))  # fmt: skip
-    pj, pm = write_report(result, args.out or str(target / "eval"), title=f"Evaluation of {target}")
+    prefix = args.out or str(target / "eval")
+    pj, pm = write_json(prefix + ".json", result), write_text(prefix + ".md", markdown(result))
     print(f"{result['model']}: {result['bits_per_char']['bits_per_char']:.4f} bits/char; samples: entropy "
           f"{result['samples']['entropy']:.3f} bits/char (real {result['real']['entropy']:.3f})")
     print(f"wrote {pj} and {pm}")

@@ -34,7 +34,7 @@ from undiffuse.language import (
 from undiffuse.rng import derive_seed, generator
 
 __all__ = ["char_entropy", "distinct_ngrams", "text_stats", "gen_ppl", "infill_spans", "greedy_fill", "infill_scores",
-           "evaluate_text_run"]  # fmt: skip
+           "evaluate_text_run", "markdown"]  # fmt: skip
 
 
 def char_entropy(text: str) -> float:
@@ -136,3 +136,21 @@ def evaluate_text_run(run_dir, n: int = 32, steps: Optional[int] = None, seed: i
         result["real"]["gen_ppl"] = gen_ppl(ar, x[:n])
     result["infill"] = infill_scores(model, x[: min(len(x), 100)], span, seed)
     return result
+
+
+def markdown(r: dict) -> str:
+    """The report of :func:`evaluate_text_run` as markdown."""
+    b, s, real, f = r["bits_per_char"], r["samples"], r["real"], r["infill"]
+    ppl = lambda d: f"{d['gen_ppl']['ppl_per_char']:.2f}" if "gen_ppl" in d else "–"  # noqa: E731
+    rows = [f"# Evaluation of {r['target']} ({r['model']}, step {r['step']}, {r['data']})", "",
+            f"Test bits/char: **{b['bits_per_char']:.4f} ± {b['stderr']:.4f}** ({b['estimator']}; {b['n']} windows of "
+            f"{b['length']} characters).", "",
+            "| text | gen-PPL per char | entropy (bits/char) | distinct-1 | distinct-2 | distinct-3 |", "|---|---|---|---|---|---|",
+            f"| {s['n']} samples ({s['nfe']:.0f} NFE, {s['chars_per_s']:.0f} chars/s) | {ppl(s)} | {s['entropy']:.3f} | "
+            f"{s['distinct_1']:.3f} | {s['distinct_2']:.3f} | {s['distinct_3']:.3f} |",
+            f"| held-out text | {ppl(real)} | {real['entropy']:.3f} | {real['distinct_1']:.3f} | {real['distinct_2']:.3f} | "
+            f"{real['distinct_3']:.3f} |", "",
+            f"Infilling ({f['span']} hidden characters, {f['n']} windows; {f['context']}): exact-character accuracy "
+            f"{f['accuracy']:.3f}, {f['bits_per_char']:.3f} ± {f['stderr']:.3f} bits/char.", "",
+            "First sample:", "", "```", s["first"], "```"]  # fmt: skip
+    return "\n".join(rows) + "\n"

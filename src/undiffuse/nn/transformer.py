@@ -4,8 +4,11 @@ autoregressive baseline), otherwise the same network, so the two have the same s
 ``Transformer(tokens [B, L] int64) -> logits [B, L, V]``. Tokens are ids in 0..V, where V is the mask token
 (the denoiser's input) or the start symbol (the causal model's first input); the output covers the V real
 tokens only. Pre-LayerNorm blocks (Xiong et al. 2020) of multi-head self-attention through
-``F.scaled_dot_product_attention`` (``is_causal`` for the baseline) and a GELU MLP of width 4·hidden; learned
-absolute positions up to ``max_len``.
+``F.scaled_dot_product_attention`` (``is_causal`` for the baseline) and a GELU MLP of width 4·hidden; positions
+enter as rotary embeddings of queries and keys (RoFormer, Su et al. 2021, as in MDLM's network), up to ``max_len``.
+Measured: with learned absolute positions the bidirectional model stayed at the unigram loss for 250 steps on
+the KJV (attention had to learn "look at my neighbour" from absolute positions, while the causal model reads its
+previous character off its own input); rotary positions make relative offsets available from the first step.
 
 No time input: for the absorbing process the number of masks tells the network how far along t is, and MDLM
 (Sahoo et al. 2024, Sec. 3.2.3) found time conditioning unnecessary; without it x_θ depends on z_t alone, which
@@ -37,8 +40,23 @@ class TransformerConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.hidden % self.num_heads:
-            raise ValueError(f"hidden = {self.hidden} does not split into num_heads = {self.num_heads} — change one")
+        if self.hidden % (2 * self.num_heads):
+            raise ValueError(f"hidden = {self.hidden} does not split into num_heads = {self.num_heads} heads of even "
+                             "width (rotary embeddings rotate pairs) — change one")
+
+
+def rotary(length: int, dim: int, base: float = 10_000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [length, dim/2] of the rotary angles ℓ·base^(−2i/dim) (Su et al. 2021, Eq. 15)."""
+    inv = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    ang = torch.arange(length, dtype=torch.float64)[:, None] * inv[None]
+    return ang.cos().float(), ang.sin().float()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (x_{2i}, x_{2i+1}) of x [..., L, dim] by the angles of each position."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    c, s = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).flatten(-2)
 
 
 class Block(nn.Module):
@@ -50,9 +68,10 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, rot: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         B, L, d = h.shape
         q, k, v = self.qkv(self.ln1(h)).view(B, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = rotate(q, *rot), rotate(k, *rot)
         a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=self.causal)  # fmt: skip
         h = h + self.drop(self.proj(a.transpose(1, 2).reshape(B, L, d)))
@@ -68,9 +87,10 @@ class Transformer(nn.Module):
         TransformerConfig(hidden, depth, num_heads, dropout)  # validates
         self.vocab, self.max_len, self.causal = vocab, max_len, causal
         self.tok = nn.Embedding(vocab + 1, hidden)
-        self.pos = nn.Parameter(torch.zeros(max_len, hidden))
-        nn.init.normal_(self.pos, std=0.02)
         nn.init.normal_(self.tok.weight, std=0.02)
+        cos, sin = rotary(max_len, hidden // num_heads)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
         self.blocks = nn.ModuleList(Block(hidden, num_heads, dropout, causal) for _ in range(depth))
         self.ln = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, vocab)
@@ -84,7 +104,8 @@ class Transformer(nn.Module):
         L = tokens.shape[1]
         if L > self.max_len:
             raise ValueError(f"sequence of {L} tokens is longer than the network's {self.max_len}")
-        h = self.tok(tokens.long()) + self.pos[:L]
+        h = self.tok(tokens.long())
+        rot = (self.cos[:L], self.sin[:L])
         for block in self.blocks:
-            h = block(h)
+            h = block(h, rot)
         return self.head(self.ln(h))
