@@ -26,6 +26,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=100, help="held-out clips for the vocoder distances")
     p.add_argument("--runs", nargs="*", default=[], help="run directories whose eval.json to collect")
+    p.add_argument("--vocoder", default=None, help="a diffusion-vocoder run (model.mel_cond) to score beside Griffin-Lim")
+    p.add_argument("--vocoder-n", type=int, default=20, help="held-out clips for the diffusion vocoder")
     p.add_argument("--out", default="benchmarks/results/audio.json")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -43,8 +45,9 @@ def main() -> None:
            "accents": manifest["accents"]}  # fmt: skip
     rate = 16000
     test = load_dataset("audio:spoken-digits", "test")
-    g = torch.Generator().manual_seed(0)
-    pick = torch.randperm(len(test.x), generator=g)[: args.n]
+    import numpy as np
+
+    pick = torch.from_numpy(np.random.default_rng(0).permutation(len(test.x))[: args.n])  # as vocoder_scores (seed 0)
     x, y = test.x[pick], test.y[pick]
     net = digit_classifier(rate)
     voc = {}
@@ -65,6 +68,13 @@ def main() -> None:
                  "digit_accuracy": float((net.predict(classifier_input(x, rate)) == y).double().mean())})
     out["vocoder"] = {"n": args.n, "rows": rows, "cpu_s_per_audio_s": {"griffin-lim 32": (t1 - t0) / args.n,
                                                                        "griffin-lim 80": (t2 - t1) / args.n}}
+    if args.vocoder:
+        from undiffuse.evaluation.audio import vocoder_scores
+
+        k = args.vocoder_n
+        out["vocoder"]["diffusion"] = vocoder_scores(args.vocoder, k)
+        out["vocoder"]["same_clips"] = {name: {"mrstft": mrstft_distance(x[:k], v[:k]), "lsd_db": log_spectral_distance(x[:k], v[:k])}
+                                        for name, v in voc.items()}  # fmt: skip
     out["runs"] = {}
     for r in args.runs:
         f = Path(r) / "eval.json"
