@@ -67,16 +67,28 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="sampler steps (facts and forecasts)")
     ap.add_argument("--forecast-paths", type=int, default=200)
     ap.add_argument("--name", default=None, help="the run's folder name under --runs (default: the data's)")
+    ap.add_argument("--full-seeds", default=None,
+                    help="seeds that also fit the GAN/VAE baselines and score forecasts (default: all)")
     args = ap.parse_args()
     run = Path(args.runs) / (args.name or args.data.split(":", 1)[1].replace("/", "_"))
+    import arch
+    import sklearn
+    import torch
+
     out = {"data": args.data, "overrides": args.overrides, "threads": os.environ.get("OMP_NUM_THREADS"),
+           "device": "2-core AMD EPYC, torch " + torch.__version__, "load_1min_start": os.getloadavg()[0],
+           "versions": {"torch": torch.__version__, "sklearn": sklearn.__version__, "arch": arch.__version__},
            "train": _train(args.data, run, args.overrides)}  # fmt: skip
-    out["per_seed"] = [evaluate_series_run(run, seed=int(s), steps=args.steps, forecast_n=args.forecast_paths)
-                       for s in args.seeds.split(",")]  # fmt: skip
+    seeds = [int(s) for s in args.seeds.split(",")]
+    full = seeds if args.full_seeds is None else [int(s) for s in args.full_seeds.split(",")]
+    out["per_seed"] = [evaluate_series_run(run, seed=s, steps=args.steps, forecast_n=args.forecast_paths,
+                                           horizon=20 if s in full else None, neural_baselines=s in full)
+                       for s in seeds]  # fmt: skip
+    out["cpu_s"], out["load_1min_end"] = time.process_time(), os.getloadavg()[0]
     write_json(args.out, out)
     _plot(out["per_seed"][0], args.plot)
     for r in out["per_seed"]:
-        print({k: round(m["discriminative"], 3) for k, m in r["methods"].items()})
+        print({k: (round(m["discriminative"], 3), round(m["predictive"]["abs_r"], 3)) for k, m in r["methods"].items()})
     print(f"wrote {args.out} and {args.plot}")
 
 
