@@ -362,12 +362,12 @@ def write_audio_png(x: torch.Tensor, path: Path, info: Any, nrow: Optional[int] 
     spec = MEL(rate)
     from undiffuse.data.mel import MelSpec
 
-    spec = MelSpec(rate=rate, n_mels=64, n_fft=spec.n_fft, hop=spec.hop // 4)
+    spec = MelSpec(rate=rate, n_mels=48, n_fft=spec.n_fft, hop=spec.hop // 2)
     lm = spec.log(w).numpy()
     n = len(lm)
     cols = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(2 * cols, 1.6 * rows))
+    fig = Figure(figsize=(1.2 * cols, 0.9 * rows))
     for i in range(n):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(lm[i], origin="lower", aspect="auto", vmin=LOG_LO, vmax=LOG_HI, cmap="magma")
