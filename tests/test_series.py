@@ -13,7 +13,13 @@ from undiffuse.build import DataInfo
 from undiffuse.data import load_dataset
 from undiffuse.data.errors import DataError
 from undiffuse.data.series import series_units
-from undiffuse.evaluation.series import acf, bootstrap_windows, discriminative_score, predictive_score, stylised_facts
+from undiffuse.evaluation.series import (
+    acf,
+    bootstrap_windows,
+    discriminative_score,
+    predictive_score,
+    stylised_facts,
+)
 
 
 def _write_series(path, values: np.ndarray) -> str:
