@@ -243,6 +243,8 @@ def test_short_training_run_through_the_cli(tmp_path):
          "--out", str(tmp_path / "ev"))  # fmt: skip
     rep = json.loads((tmp_path / "ev.json").read_text())
     assert rep["samples"]["gen_ppl"]["ppl_per_char"] > 1 and 0 <= rep["infill"]["accuracy"] <= 1
+    r = _cli("train", "--data", data, "--out", str(tmp_path / "r2"), "--set", "train.sample_every=5", ok=False)
+    assert r.returncode == 2 and "sample_every=0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli("sample", str(tmp_path / "causal-transformer"), "--steps", "4", "--out", str(tmp_path / "x.txt"), ok=False)
     assert r.returncode == 2 and "left to right" in r.stderr
 

@@ -197,6 +197,9 @@ def _text_model(cfg: RunConfig, info: DataInfo) -> nn.Module:
     if d.schedule not in MASK_SCHEDULES or d.learned_variance:
         raise ConfigError(f"text uses the masked process: diffusion.schedule = {d.schedule} must be one of "
                           f"{', '.join(MASK_SCHEDULES)}, without a learned variance — fix diffusion.schedule")  # fmt: skip
+    if cfg.train.sample_every > 0:  # the trainer's preview is an image grid of a Gaussian sampler
+        raise ConfigError("text runs write no preview grids during training — set train.sample_every=0 and use "
+                          "undiffuse sample RUN --out x.txt")  # fmt: skip
     net = build_network(cfg.model, info)
     vocab = len(info.extra["text"]["vocab"])
     schedule = MaskingSchedule(d.schedule, d.T)
