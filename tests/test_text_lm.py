@@ -126,10 +126,10 @@ def test_stratified_estimates_are_unbiased():
     nll = -math.log(float(PROB[40]))
     sch = MaskingSchedule("cosine")
     g = torch.Generator().manual_seed(1)
-    est = elbo_stratified(perfect_logits, x, sch, 4, g, T=4, vocab=V)
+    est = elbo_stratified(perfect_logits, x, sch, V, 4, g, T=4)
     exact = exact_discrete_bound(x[0], sch, 4)
     assert abs(float(est.mean()) - exact) < 4 * float(est.std() / math.sqrt(len(est)))
-    est = elbo_stratified(perfect_logits, x, sch, 4, g, vocab=V)  # continuous time: equals the true NLL
+    est = elbo_stratified(perfect_logits, x, sch, V, 4, g)  # continuous time: equals the true NLL
     assert abs(float(est.mean()) - nll) < 4 * float(est.std() / math.sqrt(len(est)))
 
 
@@ -162,6 +162,21 @@ def test_sampler_determinism_and_infilling_keeps_given(order):
     for out in (a, d):
         assert bool((out != V).all())
         assert torch.equal(out[:, [0, 5, 11]], z[:, [0, 5, 11]])  # given characters kept
+
+
+def test_sample_does_not_depend_on_the_other_rows_templates():
+    """Row i's draws come from its generator alone, also when the rows of a batch have different given positions
+    (a row with a given prefix batched with a fully masked one, and alone)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Embedding(V + 1, 8), torch.nn.Linear(8, V))
+    z = torch.full((2, 8), V)
+    z[0, :3] = torch.tensor([0, 1, 2])
+    alpha = MaskingSchedule("linear").alpha
+    with torch.no_grad():
+        for draw in (lambda zz, gens: sample_left_to_right(net, zz, gens, V)[0],
+                     lambda zz, gens: sample_masked(net, zz, alpha, 8, gens, V)[0]):  # fmt: skip
+            both, alone = draw(z, sample_generators(0, range(2))), draw(z[:1], sample_generators(0, [0]))
+            assert torch.equal(both[0], alone[0])
 
 
 # --- text data and the command line -------------------------------------------------------------------------------
@@ -247,6 +262,14 @@ def test_short_training_run_through_the_cli(tmp_path):
     assert r.returncode == 2 and "sample_every=0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli("sample", str(tmp_path / "causal-transformer"), "--steps", "4", "--out", str(tmp_path / "x.txt"), ok=False)
     assert r.returncode == 2 and "left to right" in r.stderr
+    r = _cli("nll", str(tmp_path / "transformer"), "--data", "table:wine", ok=False)
+    assert r.returncode == 2 and "is not text" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    short = ["data.window=16" if a == "data.window=32" else a for a in small]  # a reference of shorter windows
+    _cli("train", "--data", data, "--out", str(tmp_path / "ar16"), "--steps", "1", "--set",
+         "model.arch=causal-transformer", *short)  # fmt: skip
+    r = _cli("eval", str(tmp_path / "transformer"), "--n", "2", "--nll-n", "4", "--reference", str(tmp_path / "ar16"),
+             "--out", str(tmp_path / "ev16"), ok=False)  # fmt: skip
+    assert r.returncode == 2 and "at least 32 characters" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_transformer_causality_and_rotary_relative_positions():

@@ -124,6 +124,8 @@ def text_eval_data(model, spec: Optional[str] = None, split: str = "test", n: Op
     from undiffuse.data import load_dataset
 
     meta = text_meta(model)
+    if spec and not spec.startswith("text:"):
+        raise UserError(f"--data {spec} is not text — a text run is scored on text:kjv or text:file:PATH")
     ds = load_dataset(spec or model.data.name, split, window=meta["length"])
     if ds.extra["text"]["vocab"] != meta["vocab"]:  # another text: re-encode it in the run's vocabulary
         from undiffuse.data.textdata import source_text, split_text, windows
@@ -159,7 +161,7 @@ def text_nll(model, x: torch.Tensor, n_t: int = 32, seed: int = 0, T: Optional[i
             nll = den.token_nll(xb).double()
             per_seq.append((nll if kb is None else nll * ~kb).sum(dim=1).cpu())
         else:
-            per_seq.append(elbo_stratified(den.net, xb, den.schedule, n_t, g, T, den.vocab, kb).cpu())
+            per_seq.append(elbo_stratified(den.net, xb, den.schedule, den.vocab, n_t, g, T, kb).cpu())
     free = torch.full((len(x),), x.shape[1], dtype=torch.float64) if keep is None else (~keep).sum(dim=1).double().cpu()
     nats = torch.cat(per_seq) / free
     bpc = nats / math.log(2)

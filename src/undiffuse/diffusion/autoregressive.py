@@ -20,7 +20,9 @@ def shift_right(x: torch.Tensor, start_id: int) -> torch.Tensor:
 
 
 def sequence_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """−log p_θ(x^ℓ | x^{<ℓ}) per position [B, L] (nats) from logits [B, L, V]."""
+    """−log softmax(logits)[x^ℓ] per position [B, L] (nats) from logits [B, L, V]: −log p_θ(x^ℓ | x^{<ℓ}) for the
+    causal network, the per-position cross-entropy of the masked model
+    (:func:`undiffuse.diffusion.masked.masked_cross_entropy`)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
 

@@ -36,6 +36,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from undiffuse.diffusion.autoregressive import sequence_nll
+
 __all__ = ["MASK_SCHEDULES", "MaskingSchedule", "mask_tokens", "masked_cross_entropy", "MaskedDenoiser",
            "elbo_continuous", "elbo_discrete", "elbo_stratified"]  # fmt: skip
 
@@ -99,9 +101,7 @@ def mask_tokens(x: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, mask_id: 
 
 def masked_cross_entropy(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor, mask_id: int) -> torch.Tensor:
     """Σ over masked positions of −log x_θ(z)^ℓ[x^ℓ], per sequence [B] (nats; logits [B, L, V] over real tokens)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    nll = -logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
-    return (nll * (z == mask_id)).sum(dim=-1)
+    return (sequence_nll(logits, x) * (z == mask_id)).sum(dim=-1)
 
 
 class MaskedDenoiser(nn.Module):
@@ -163,16 +163,15 @@ def elbo_discrete(logits: Logits, x: torch.Tensor, schedule: MaskingSchedule, i:
     return T * schedule.step_weight(s, t).to(ce.device) * ce + schedule.prior_nats(vocab) * x.shape[-1]
 
 
-def elbo_stratified(logits: Logits, x: torch.Tensor, schedule: MaskingSchedule, n_t: int,
+def elbo_stratified(logits: Logits, x: torch.Tensor, schedule: MaskingSchedule, vocab: int, n_t: int,
                     generator: Optional[torch.Generator] = None, T: Optional[int] = None,
-                    vocab: Optional[int] = None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
-    """A stratified-t estimate of the bound per sequence [B] (nats): the mean over n_t strata [k/n_t, (k+1)/n_t)
-    of one draw of t each (``T`` None: L_∞) or of step indices i ∈ 1..T in n_t equal strata (``T``: the discrete
-    L_T). Unbiased, with far less variance than one t per sequence; the standard error over sequences is then
-    an honest (slightly conservative) error bar of the mean. ``keep`` [B, L] (True = never masked) gives the bound
+                    keep: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+    """A stratified-t estimate of the bound per sequence [B] (nats) for ``vocab`` = V real tokens (V is the mask
+    id): the mean over n_t strata [k/n_t, (k+1)/n_t) of one draw of t each (``T`` None: L_∞) or of step indices
+    i ∈ 1..T in n_t equal strata (``T``: the discrete L_T). Unbiased, with far less variance than one t per
+    sequence; the standard error over sequences is then an honest (slightly conservative) error bar of the mean. ``keep`` [B, L] (True = never masked) gives the bound
     on −log p(x_free | x_keep) of the other positions (infilling); L_prior then counts only those."""
     B, L = x.shape
-    vocab = vocab if vocab is not None else int(x.max()) + 1
     total = torch.zeros(B, dtype=torch.float64, device=x.device)
     for k in range(n_t):
         r = torch.rand(B, generator=generator, dtype=torch.float64).to(x.device)

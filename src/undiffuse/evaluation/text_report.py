@@ -129,9 +129,10 @@ def evaluate_text_run(run_dir, n: int = 32, steps: Optional[int] = None, seed: i
     result["real"] = text_stats(real)
     ar = model if is_autoregressive(model) else (load(reference, device=device) if reference else None)
     if ar is not None:
-        if not is_autoregressive(ar) or text_meta(ar)["vocab"] != meta["vocab"]:
-            raise UserError(f"--reference {reference} must be an autoregressive text run on the same text — train one "
-                            "with --set model.arch=causal-transformer")  # fmt: skip
+        ref = text_meta(ar)
+        if not is_autoregressive(ar) or ref["vocab"] != meta["vocab"] or ref["length"] < meta["length"]:
+            raise UserError(f"--reference {reference} must be an autoregressive text run on the same text, of windows of "
+                            f"at least {meta['length']} characters — train one with --set model.arch=causal-transformer")  # fmt: skip
         result["samples"]["gen_ppl"] = gen_ppl(ar, ids)
         result["real"]["gen_ppl"] = gen_ppl(ar, x[:n])
     result["infill"] = infill_scores(model, x[: min(len(x), 100)], span, seed)

@@ -103,10 +103,10 @@ def sample_left_to_right(logits_fn: Logits, z: torch.Tensor, generators: Sequenc
         todo = z[:, pos] == mask_id
         if not todo.any():
             continue
-        g = _rand(generators, mask_id)  # every row draws, so row i's stream never depends on the others
         rows = todo.nonzero().squeeze(1)
-        logits = logits_fn(z[rows, : pos + 1])[:, pos]
-        tok, _ = gumbel_draw(logits, g[rows.cpu()])
+        g = _rand([generators[r] for r in rows.tolist()], mask_id)  # only rows that generate ℓ draw: row i's
+        logits = logits_fn(z[rows, : pos + 1])[:, pos]  # stream depends on its own given positions alone
+        tok, _ = gumbel_draw(logits, g)
         z[rows, pos] = tok.to(z.device)
         nfe += todo.cpu().long()
     return z, nfe
