@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--jump", type=positive_int, default=1, help="RePaint jump length in grid steps")
     p.add_argument("--invert", action="store_true", help="DDIM inversion + reconstruction; prints the error")
     p.add_argument("--sampler", default="ddim", help="ddim, ddpm, euler, heun, dpmpp_2m, … (inpainting and SDEdit)")
-    p.add_argument("--steps", type=positive_int, default=50, help="steps of the full grid")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="steps of the full grid (default 50; table and text runs: their own default)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η in [0, 1]")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
     p.add_argument("--class", dest="class_label", type=int, default=None, help="class label (class-conditional runs)")
@@ -141,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     model = api.load(args.run_dir, args.checkpoint, ema=not args.raw, device=args.device)
     if model.data.kind != "image":
         raise UserError(f"edit needs an image model, and {args.run_dir} models {model.data.name} vectors")
+    args.steps = 50 if args.steps is None else args.steps
     if args.steps > model.schedule.T:
         raise UserError(f"--steps {args.steps} exceeds the model's T = {model.schedule.T}")
     image, size = load_input(args.image, model.data.shape)

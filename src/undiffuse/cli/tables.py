@@ -29,10 +29,10 @@ def _sampler(args: argparse.Namespace) -> int:
 
 
 def _steps(args: argparse.Namespace) -> int:
-    """--steps, or the tables' default in place of the image default (50) or none."""
+    """--steps, or the tables' default when none is given."""
     from undiffuse.tables import TABLE_STEPS
 
-    return args.steps if args.steps not in (None, 50) else TABLE_STEPS
+    return args.steps if args.steps is not None else TABLE_STEPS
 
 
 def sample_table(args: argparse.Namespace, model) -> int:

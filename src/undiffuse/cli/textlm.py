@@ -51,9 +51,10 @@ def edit_text(args: argparse.Namespace) -> int:
     if model.data.kind != "text":
         raise UserError(f"--text needs a run trained on text:, and {args.run_dir} models {model.data.kind} data")
     check_output(args.out, "text")
-    steps = None if is_autoregressive(model) else args.steps
+    if is_autoregressive(model) and args.steps is not None:
+        raise UserError("the autoregressive baseline fills left to right, one character a step — drop --steps")
     info: dict = {}
-    x = infill(model, args.text, 1, args.seed, steps if steps != 50 else None, info=info)
+    x = infill(model, args.text, 1, args.seed, args.steps, info=info)
     save_samples(x, args.out, model.data)
     print(f"wrote {args.out}: filled {args.text.count('_')} characters "
           f"({'left to right' if is_autoregressive(model) else 'masked diffusion'}, {info['nfe']:.0f} network evaluations)")
