@@ -221,3 +221,22 @@ def test_sample_cli_refuses_diffusion_only_options_on_a_baseline(tmp_path, capsy
         err = capsys.readouterr().err.strip()
         assert extra[0] in err and "not to a GAN/VAE baseline" in err and "\n" not in err and not out.exists()
     assert main(["sample", str(tmp_path / "r"), "--n", "4", "--out", str(out)]) == 0 and out.is_file()
+
+
+@pytest.mark.parametrize("kind", ["gan", "vae"])
+def test_fit_vectors_is_a_function_of_its_seed(kind):
+    """The in-memory fit of the table/series baselines: the same seed gives the same model and samples, another
+    seed others, and the global torch RNG is left as it was."""
+    from undiffuse.baselines import fit_vectors, sample_indices
+
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+
+    def fit(seed):
+        net, cfg = fit_vectors(kind, x, 5, seed=seed, batch_size=16, model={"z_dim": 4})
+        return sample_indices(net, cfg, range(8), seed=0)
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a, b, c = fit(0), fit(0), fit(1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a.shape == (8, 3) and torch.equal(a, b) and not torch.equal(a, c)

@@ -220,20 +220,26 @@ def train_baseline(
         return _fit(cfg, ds.x, out, resuming, device, seconds, steps, log_every, ckpt_every)
 
 
-def _fit(cfg: BaselineConfig, x_all: torch.Tensor, out: Path, resuming: bool, device, seconds, steps,
-         log_every: int, ckpt_every: Optional[int]) -> dict:  # fmt: skip
+def _init(cfg: BaselineConfig, device="cpu") -> tuple[Union[GAN, VAE], dict, torch.Generator, Callable]:
+    """The model initialised from ``cfg.seed``, its optimisers, the generator of minibatch indices and latents
+    (CPU, seeded seed + 1) and the update step of its kind."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = cfg.build().to(device)
-    opts = _optimizers(cfg, model)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch indices and latents (CPU, then moved)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    return model, _optimizers(cfg, model), gen, _gan_step if cfg.kind == "gan" else _vae_step
+
+
+def _fit(cfg: BaselineConfig, x_all: torch.Tensor, out: Path, resuming: bool, device, seconds, steps,
+         log_every: int, ckpt_every: Optional[int]) -> dict:  # fmt: skip
+    model, opts, gen, step_fn = _init(cfg, device)
     step, elapsed = resume_baseline(out, model, opts, gen, device) if resuming else (0, 0.0)
     if resuming:  # drop log lines of steps after the checkpoint: they are about to be redone
         truncate_log(out / "log.jsonl", step)
     else:
         (out / "log.jsonl").unlink(missing_ok=True)
         write_config_json(out, cfg.kind, {"config": cfg.to_json(), "params": _param_counts(model)})
-    log, step_fn = _Log(out / "log.jsonl", log_every), _gan_step if cfg.kind == "gan" else _vae_step
+    log = _Log(out / "log.jsonl", log_every)
     model.train()
     t0 = time.perf_counter() - elapsed
     while (steps is None or step < steps) and (seconds is None or time.perf_counter() - t0 < seconds):
@@ -262,11 +268,7 @@ def fit_vectors(kind: str, x: torch.Tensor, steps: int, *, seed: int = 0, batch_
     lr, betas = _OPTIM[(kind, "vector")]
     cfg = BaselineConfig(kind, "in-memory", "vector", (x.shape[1],), "continuous", dict(model or {}), lr, betas,
                          batch_size, seed)  # fmt: skip
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = cfg.build()
-    opts, gen = _optimizers(cfg, net), torch.Generator().manual_seed(seed + 1)
-    step_fn = _gan_step if kind == "gan" else _vae_step
+    net, opts, gen, step_fn = _init(cfg)
     net.train()
     for _ in range(steps):
         step_fn(net, opts, x[torch.randint(len(x), (batch_size,), generator=gen)], gen)
