@@ -262,8 +262,10 @@ def test_short_training_run_through_the_cli(tmp_path):
     assert r.returncode == 2 and "sample_every=0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli("sample", str(tmp_path / "causal-transformer"), "--steps", "4", "--out", str(tmp_path / "x.txt"), ok=False)
     assert r.returncode == 2 and "left to right" in r.stderr
-    r = _cli("nll", str(tmp_path / "transformer"), "--data", "table:wine", ok=False)
-    assert r.returncode == 2 and "is not text" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    for run, flags, words in [("transformer", ("--data", "table:wine"), "is not text"), ("transformer", ("--exact",), "--discrete"),
+                              ("causal-transformer", ("--discrete", "4"), "exact")]:  # fmt: skip
+        r = _cli("nll", str(tmp_path / run), *flags, ok=False)
+        assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1
     short = ["data.window=16" if a == "data.window=32" else a for a in small]  # a reference of shorter windows
     _cli("train", "--data", data, "--out", str(tmp_path / "ar16"), "--steps", "1", "--set",
          "model.arch=causal-transformer", *short)  # fmt: skip

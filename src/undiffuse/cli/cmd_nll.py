@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         from undiffuse.cli.textlm import nll_text
 
         return nll_text(args, model)
+    if args.discrete is not None:
+        from undiffuse.errors import UserError
+
+        raise UserError("--discrete T is the masked text model's discrete-time bound — use --exact for the T-term VLB")
     x0 = api.eval_data(model, args.data, args.split, args.n)
     with progress(total=len(x0), desc="nll", unit="example") as bar:
         result = api.nll(model, x0, n_t=args.n_t, exact=args.exact, seed=args.seed, batch_size=args.batch_size,

@@ -64,8 +64,12 @@ def edit_text(args: argparse.Namespace) -> int:
 def nll_text(args: argparse.Namespace, model) -> int:
     """``undiffuse nll RUN``: bits/char on the test windows (the diffusion bound ± SE, or the baseline's exact NLL)."""
     from undiffuse.io import write_text
-    from undiffuse.language import text_eval_data, text_nll
+    from undiffuse.language import is_autoregressive, text_eval_data, text_nll
 
+    if args.exact:
+        raise UserError("--exact does not apply to text runs — use --discrete T for the T-step bound")
+    if args.discrete is not None and is_autoregressive(model):
+        raise UserError("the autoregressive baseline's likelihood is exact, not a bound — drop --discrete")
     x = text_eval_data(model, args.data, args.split, args.n)
     result = text_nll(model, x, n_t=args.n_t, seed=args.seed, T=args.discrete, batch_size=min(args.batch_size, 64))
     text = json.dumps(result, indent=2)
