@@ -218,6 +218,13 @@ def test_text_windows_vocab_and_split(tmp_path):
     assert decode(tr.x[0], vocab) == text[:32] and decode(tr.x[1], vocab) == text[16:48]  # half-overlapping
     cut = text.find(decode(te.x[0], vocab))
     assert cut >= 0.9 * len(text) and text.endswith("\n") and text[cut - 1] == "\n"  # test: the last block
+    from types import SimpleNamespace
+
+    from undiffuse.language import text_eval_data
+
+    run = SimpleNamespace(data=SimpleNamespace(kind="text", extra=tr.extra, name=f"text:file:{tmp_path / 't.txt'}"))
+    assert torch.equal(text_eval_data(run, n=5), te.x[:5])  # the run's own test windows
+    assert decode(text_eval_data(run, split="train", n=2)[1], vocab) == text[32:64]  # disjoint, also for train
 
 
 @pytest.mark.skipif(shutil.which("bible") is None, reason="Debian's bible-kjv is not installed")

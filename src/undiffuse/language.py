@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from undiffuse.data.textdata import MASK_CHAR, decode, encode
+from undiffuse.data.textdata import MASK_CHAR, decode, encode, source_text, split_text, windows
 from undiffuse.diffusion.autoregressive import CausalLM, shift_right
 from undiffuse.diffusion.masked import elbo_stratified
 from undiffuse.errors import UserError
@@ -120,19 +120,14 @@ def texts(model, ids: torch.Tensor) -> list[str]:
 
 def text_eval_data(model, spec: Optional[str] = None, split: str = "test", n: Optional[int] = None) -> torch.Tensor:
     """The first ``n`` disjoint windows [n, L] of ``split`` of ``spec`` (default: the run's own text) in the run's
-    vocabulary and window length."""
-    from undiffuse.data import load_dataset
-
+    vocabulary and window length (another text is encoded in the run's vocabulary; for the run's own test split
+    these are the windows of :func:`undiffuse.data.textdata.load_text`)."""
     meta = text_meta(model)
-    if spec and not spec.startswith("text:"):
+    spec = spec or model.data.name
+    if not spec.startswith("text:"):
         raise UserError(f"--data {spec} is not text — a text run is scored on text:kjv or text:file:PATH")
-    ds = load_dataset(spec or model.data.name, split, window=meta["length"])
-    if ds.extra["text"]["vocab"] != meta["vocab"]:  # another text: re-encode it in the run's vocabulary
-        from undiffuse.data.textdata import source_text, split_text, windows
-
-        ids = encode(split_text(source_text((spec or model.data.name).partition(":")[2]), split), meta["vocab"])
-        return windows(ids, meta["length"], meta["length"])[:n]
-    return ds.x[:n]
+    ids = encode(split_text(source_text(spec.partition(":")[2]), split), meta["vocab"])
+    return windows(ids, meta["length"], meta["length"])[:n]
 
 
 @torch.no_grad()
