@@ -89,7 +89,7 @@ def _series() -> RunConfig:
 def _text() -> RunConfig:
     return RunConfig(
         data=DataConfig("text:kjv", window=256, val_split="val"),  # no "val" split: the tail of the training windows
-        # a 3.3 M-parameter transformer (4 blocks of width 256, 4 heads); model.arch=causal-transformer is the
+        # a 3.2 M-parameter transformer (4 blocks of width 256, 4 heads); model.arch=causal-transformer is the
         # autoregressive baseline of the same size, trained by the same command on the same data and budget
         model=ModelConfig(arch="transformer", hidden=256, depth=4, num_heads=4, dropout=0.0),
         # MDLM (Sahoo et al. 2024): the masked process, α_t = 1 − t; T discrete training times

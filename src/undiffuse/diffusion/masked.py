@@ -48,8 +48,8 @@ LOGLINEAR_EPS = 1e-3
 @dataclass(frozen=True)
 class MaskingSchedule:
     """α_t on t ∈ [0, 1] (see the module docstring). ``T`` is the number of discrete training times the trainer
-    draws (:func:`undiffuse.training.keyed.draw_step`: t ∈ 1..T becomes (t − ½)/T) and the default step count
-    of the discrete bound."""
+    draws (:func:`undiffuse.training.keyed.draw_step`: t ∈ 1..T becomes (t − ½)/T); the discrete bound's step
+    count is its own argument (:func:`elbo_stratified`)."""
 
     name: str = "linear"
     T: int = 1000
