@@ -91,8 +91,12 @@ def eval_text(args: argparse.Namespace, target) -> int:
     from undiffuse.io import write_json, write_text
 
     n = 32 if args.n == 2500 else args.n  # the image default of --n is far too many 256-character samples on a CPU
+    n_t = 16 if args.nll_nt == 50 else args.nll_nt  # the image default of --nll-nt; an explicit value is kept
+    if args.nll_n <= 0:
+        raise UserError("a text run's report scores held-out windows (bits/char, real-text statistics, infilling) — "
+                        "give --nll-n ≥ 1")  # fmt: skip
     result = evaluate_text_run(target, n=n, steps=args.steps, seed=args.seed, reference=args.reference,
-                               device=args.device or "cpu", nll_n=args.nll_n or 200, n_t=min(args.nll_nt, 16))  # fmt: skip
+                               device=args.device or "cpu", nll_n=args.nll_n, n_t=n_t)  # fmt: skip
     prefix = args.out or str(target / "eval")
     pj, pm = write_json(prefix + ".json", result), write_text(prefix + ".md", markdown(result))
     print(f"{result['model']}: {result['bits_per_char']['bits_per_char']:.4f} bits/char; samples: entropy "
