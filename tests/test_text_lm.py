@@ -220,11 +220,14 @@ def test_text_windows_vocab_and_split(tmp_path):
     assert cut >= 0.9 * len(text) and text.endswith("\n") and text[cut - 1] == "\n"  # test: the last block
     from types import SimpleNamespace
 
+    from undiffuse.errors import UserError
     from undiffuse.language import text_eval_data
 
     run = SimpleNamespace(data=SimpleNamespace(kind="text", extra=tr.extra, name=f"text:file:{tmp_path / 't.txt'}"))
     assert torch.equal(text_eval_data(run, n=5), te.x[:5])  # the run's own test windows
     assert decode(text_eval_data(run, split="train", n=2)[1], vocab) == text[32:64]  # disjoint, also for train
+    with pytest.raises(UserError, match="unknown split"):
+        text_eval_data(run, split="val")
 
 
 @pytest.mark.skipif(shutil.which("bible") is None, reason="Debian's bible-kjv is not installed")

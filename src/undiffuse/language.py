@@ -126,6 +126,8 @@ def text_eval_data(model, spec: Optional[str] = None, split: str = "test", n: Op
     spec = spec or model.data.name
     if not spec.startswith("text:"):
         raise UserError(f"--data {spec} is not text — a text run is scored on text:kjv or text:file:PATH")
+    if split not in ("train", "test"):
+        raise UserError(f"unknown split {split!r}: use 'train' or 'test'")
     ids = encode(split_text(source_text(spec.partition(":")[2]), split), meta["vocab"])
     return windows(ids, meta["length"], meta["length"])[:n]
 
