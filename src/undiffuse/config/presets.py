@@ -7,7 +7,14 @@ from dataclasses import fields, replace
 from typing import Any, Iterable, Optional
 
 from undiffuse.config.overrides import apply_overrides
-from undiffuse.config.sections import DataConfig, DiffusionConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
+from undiffuse.config.sections import (
+    DataConfig,
+    DiffusionConfig,
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from undiffuse.errors import ConfigError
 
 __all__ = ["PRESETS", "get_preset", "resolve_config"]
