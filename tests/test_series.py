@@ -92,6 +92,8 @@ def test_predictive_score_reaches_the_noise_floor_only_with_the_right_dynamics()
     iid = predictive_score(real, rng.standard_normal((300, 64)) / 0.6)
     assert same["r"] == pytest.approx((2 / np.pi) ** 0.5, abs=0.05)
     assert iid["r"] == pytest.approx((2 / np.pi) ** 0.5 / 0.6, abs=0.08)
+    short = predictive_score(real[:, :4], ar(300)[:, :4])  # windows shorter than the 5 lags: 3 lags
+    assert short["r"] == pytest.approx((2 / np.pi) ** 0.5, abs=0.1)
 
 
 def test_garch_t_baseline_has_heavy_tails_and_volatility_clustering():

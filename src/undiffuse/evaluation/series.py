@@ -88,9 +88,11 @@ def _lagged(w: np.ndarray, lags: int) -> tuple[np.ndarray, np.ndarray]:
 def predictive_score(real: np.ndarray, synth: np.ndarray, lags: int = 5, seed: int = 0) -> dict:
     """TimeGAN's predictive score (Yoon et al. 2019, Sec. 4): the MAE on real windows [N, L] of a next-step
     regressor (gradient boosting, absolute loss) fitted on synthetic windows [M, L]; ``"r"`` for the returns,
-    ``"abs_r"`` for their size (see the module docstring). Lower is better."""
+    ``"abs_r"`` for their size (see the module docstring). Lower is better. Windows of L ≤ ``lags`` steps use
+    the L − 1 steps they have."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
+    lags = max(1, min(lags, real.shape[1] - 1, synth.shape[1] - 1))
     out = {}
     for key, f in (("r", lambda w: w), ("abs_r", np.abs)):
         x, y = _lagged(f(synth), lags)
