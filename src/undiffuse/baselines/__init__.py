@@ -1,7 +1,7 @@
 """GAN and VAE baselines on undiffuse's data pipeline (issue 5): the models diffusion is compared with.
 
-- :mod:`~undiffuse.baselines.gan`: DCGAN for images (any size ≥ 8), MLP GAN / PacGAN for 2-D data,
-  non-saturating loss.
+- :mod:`~undiffuse.baselines.gan`: DCGAN for images (any size ≥ 8; also the mel route's log-mel images, as
+  SpecGAN), MLP GAN / PacGAN for 2-D data, non-saturating loss.
 - :mod:`~undiffuse.baselines.vae`: convolutional / MLP VAE with the diffusion VLB's decoders
   (discretized Gaussian for 8-bit data), ELBO and IWAE bounds in nats and bits/dim.
 - :mod:`~undiffuse.baselines.train`: ``train_baseline`` (steps and/or wall-clock budget, resumable),

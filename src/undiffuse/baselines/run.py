@@ -33,9 +33,17 @@ from undiffuse.runs import (
     save_checkpoint,
 )
 
-__all__ = ["KINDS", "is_baseline_run", "BaselineConfig", "save_baseline", "open_baseline", "resume_baseline", "load_baseline"]
+__all__ = ["KINDS", "network_kind", "is_baseline_run", "BaselineConfig", "save_baseline", "open_baseline",
+           "resume_baseline", "load_baseline"]
 
 KINDS = ("gan", "vae")
+#: data kinds the baselines model as another kind's networks: a log-mel "mel" example is a [1, 32, 32] image in [-1, 1]
+_AS_KIND = {"mel": "image"}
+
+
+def network_kind(data_kind: str) -> str:
+    """The data kind whose networks, optimiser and batch size a baseline uses for ``data_kind`` ("mel" → "image")."""
+    return _AS_KIND.get(data_kind, data_kind)
 
 
 def is_baseline_run(run_dir: Union[str, os.PathLike]) -> bool:
@@ -53,7 +61,8 @@ class BaselineConfig:
     Attributes:
         kind: "gan" or "vae".
         data: dataset spec for :func:`undiffuse.data.load_dataset` (e.g. "fashion-mnist", "toy:8gaussians").
-        data_kind / data_shape: "image" with (C, H, W) or "vector" with (D,).
+        data_kind / data_shape: "image" with (C, H, W) or "vector" with (D,); "mel" (log-mel images, written as
+            audio) with (1, H, W) uses the image networks (:func:`network_kind`).
         likelihood: the VAE decoder, "discrete" for 8-bit data and "continuous" otherwise.
         model: keyword arguments of :func:`build_gan` / :func:`build_vae` (width, z_dim, pack, ...).
         lr / betas / batch_size / seed: Adam and the minibatch stream.
@@ -75,8 +84,8 @@ class BaselineConfig:
     def build(self) -> Union[GAN, VAE]:
         """The networks this config describes (freshly initialised)."""
         if self.kind == "gan":
-            return build_gan(self.data_kind, self.data_shape, **self.model)
-        return build_vae(self.data_kind, self.data_shape, self.likelihood, **self.model)
+            return build_gan(network_kind(self.data_kind), self.data_shape, **self.model)
+        return build_vae(network_kind(self.data_kind), self.data_shape, self.likelihood, **self.model)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -33,6 +33,7 @@ from undiffuse.baselines.run import (
     KINDS,
     BaselineConfig,
     load_baseline,
+    network_kind,
     open_baseline,
     resume_baseline,
     save_baseline,
@@ -94,10 +95,13 @@ def _resolve_config(
 ) -> BaselineConfig:  # fmt: skip
     if kind not in KINDS:
         raise ValueError(f"unknown baseline {kind!r}; choose one of {KINDS}")
-    default_lr, betas = _OPTIM[(kind, ds.kind)]
+    net = network_kind(ds.kind)
+    if (kind, net) not in _OPTIM:
+        raise ValueError(f"the {kind} baseline models image-shaped and vector data, not {ds.kind!r} data")
+    default_lr, betas = _OPTIM[(kind, net)]
     cfg = BaselineConfig(
         kind, data_spec, ds.kind, ds.shape, "discrete" if ds.discrete_8bit else "continuous", dict(model or {}),
-        default_lr if lr is None else lr, betas, batch_size or _BATCH[ds.kind], seed, image_size,
+        default_lr if lr is None else lr, betas, batch_size or _BATCH[net], seed, image_size,
     )  # fmt: skip
     if target_params is not None:
         build = lambda w: dataclasses.replace(cfg, model={**cfg.model, "width": w}).build()
@@ -302,7 +306,7 @@ def sample_indices(
 
     x = drive(run_batch, (model.z_dim,), indices, seed=seed, sigma_max=1.0, batch_size=batch_size).x
     x = x if len(x) else torch.empty(0, *cfg.data_shape)
-    return x.clamp(-1, 1) if cfg.data_kind == "image" else x
+    return x.clamp(-1, 1) if network_kind(cfg.data_kind) == "image" else x
 
 
 def sample_baseline(

@@ -16,7 +16,8 @@ def is_audio_data(name: str) -> bool:
 
 
 def eval_audio(args: argparse.Namespace, run_dir: Path) -> int:
-    """``undiffuse eval RUN`` for an audio run: digit accuracy and classifier FD per guidance scale."""
+    """``undiffuse eval RUN`` for an audio run (diffusion, or an unconditional GAN/VAE baseline): digit accuracy
+    and classifier FD per guidance scale, the predicted digits' coverage."""
     from undiffuse.errors import UserError
     from undiffuse.evaluation.audio import audio_markdown, evaluate_audio_run
 

@@ -94,12 +94,16 @@ def _write_report(report: dict, body: str, run_dir: Path, out: str | None) -> in
 
 
 def run_data_name(run_dir: str) -> str:
-    """The data spec of RUN_DIR (from its config.json, without loading weights; "" if unreadable)."""
+    """The data spec of RUN_DIR (from its config.json, without loading weights; "" if unreadable): a diffusion
+    run's ``data.name``, or a GAN/VAE baseline's ``config.data``."""
     try:
         cfg = json.loads((Path(run_dir) / "config.json").read_text()[: 1 << 20])
     except (OSError, ValueError):
         return ""
-    return str(cfg.get("data", {}).get("name", "")) if isinstance(cfg, dict) else ""
+    if not isinstance(cfg, dict):
+        return ""
+    data = cfg.get("data", (cfg.get("config") or {}).get("data", "") if isinstance(cfg.get("config"), dict) else "")
+    return str(data.get("name", "") if isinstance(data, dict) else data)
 
 
 def eval_series(args: argparse.Namespace, run_dir: Path) -> int:

@@ -24,7 +24,12 @@ import torch
 from undiffuse.data import load_dataset
 from undiffuse.data.audio import DIGITS, cache_dir, waveforms
 from undiffuse.data.mel import MelSpec, stft_magnitude
-from undiffuse.evaluation.classifier import ClassifierConfig, SmallClassifier, classifier_frechet, train_classifier
+from undiffuse.evaluation.classifier import (
+    ClassifierConfig,
+    SmallClassifier,
+    classifier_frechet,
+    train_classifier,
+)
 from undiffuse.model import load
 from undiffuse.sampling import sample
 
@@ -115,45 +120,72 @@ def vocoder_scores(run_dir: Union[str, os.PathLike], n: int = 20, seed: int = 0,
             "cpu_s_per_audio_s": cpu / (n * x.shape[1] / rate)}  # fmt: skip
 
 
-def evaluate_audio_run(run_dir: Union[str, os.PathLike], n: int = 200, seed: int = 0,
-                       guidance: Sequence[float] = (1.0, 2.0, 4.0), sampler: Optional[str] = None,
-                       steps: Optional[int] = None, device: Optional[str] = None) -> dict:  # fmt: skip
-    """Accuracy, FD and coverage of ``n`` samples per guidance scale (see the module docstring)."""
+def _open_audio_run(run_dir: Union[str, os.PathLike], sampler: Optional[str], steps: Optional[int],
+                    device: Optional[str]) -> tuple:  # fmt: skip
+    """(data info, data name, step, kind of model, sampler, steps, conditional, draw) of a diffusion run or a GAN/VAE
+    baseline run; ``draw(n, seed, labels, w)`` returns n samples in model units (a baseline is unconditional: one
+    generator/decoder pass per sample, :func:`undiffuse.baselines.sample_indices`)."""
+    from undiffuse.baselines import is_baseline_run
+
+    if is_baseline_run(run_dir):
+        from pathlib import Path
+
+        from undiffuse.baselines import load_baseline, sample_indices
+        from undiffuse.baselines.run import open_baseline
+        from undiffuse.build import DataInfo
+
+        net, cfg = load_baseline(run_dir, device or "cpu")
+        info = DataInfo.from_dataset(load_dataset(cfg.data, "train", cfg.image_size))
+        step = open_baseline(Path(run_dir), ())[1].step
+        draw = lambda n, seed, labels, w: sample_indices(net, cfg, range(n), seed)
+        how = "one generator pass" if cfg.kind == "gan" else "one decoder pass"
+        return info, cfg.data, step, cfg.kind, how, 1, False, draw
     from undiffuse.sampling import resolve_sampling
 
     model = load(run_dir, device=device)
-    info, d = model.data, model.config.data
+    sampler, steps, spacing = resolve_sampling(model, sampler, steps, None)
+
+    def draw(n: int, seed: int, labels: Optional[torch.Tensor], w: Optional[float]) -> torch.Tensor:
+        kw = {"cond": {"class_labels": labels.to(model.device)}, "guidance": w} if labels is not None else {}
+        return sample(model, n, seed, sampler=sampler, steps=steps, spacing=spacing, **kw)
+
+    return (model.data, model.config.data.name, model.step, "diffusion", sampler, steps,
+            bool(model.config.model.class_cond), draw)  # fmt: skip
+
+
+def evaluate_audio_run(run_dir: Union[str, os.PathLike], n: int = 200, seed: int = 0,
+                       guidance: Sequence[float] = (1.0, 2.0, 4.0), sampler: Optional[str] = None,
+                       steps: Optional[int] = None, device: Optional[str] = None) -> dict:  # fmt: skip
+    """Accuracy, FD and coverage of ``n`` samples per guidance scale (see the module docstring). ``run_dir`` is a
+    diffusion run or a GAN/VAE baseline run on audio data (unconditional: one row, its coverage)."""
+    info, name, step, model_kind, sampler, steps, conditional, draw = _open_audio_run(run_dir, sampler, steps, device)
     rate = int(info.extra["audio"]["rate"])
-    if not d.name.endswith(":spoken-digits"):
-        raise ValueError(f"audio evaluation needs the spoken digits (a digit classifier); {d.name} has no digits")
+    if not name.endswith(":spoken-digits"):
+        raise ValueError(f"audio evaluation needs the spoken digits (a digit classifier); {name} has no digits")
     net = digit_classifier(rate)
-    test = load_dataset(f"audio:spoken-digits", "test", sample_rate=rate)
-    train = load_dataset(f"audio:spoken-digits", "train", sample_rate=rate)
+    test = load_dataset("audio:spoken-digits", "test", sample_rate=rate)
+    train = load_dataset("audio:spoken-digits", "train", sample_rate=rate)
     ref = net.features(classifier_input(test.x, rate))
     pick = torch.from_numpy(np.random.default_rng(seed).permutation(len(train.x))[:n])
     real = {"test": _scores(net, test.x, rate, test.y, ref), "train_subset": _scores(net, train.x[pick], rate, train.y[pick], ref)}
-    sampler, steps, spacing = resolve_sampling(model, sampler, steps, None)
-    conditional = bool(model.config.model.class_cond)
     rows = []
     for w in guidance if conditional else (None,):
         labels = torch.arange(n) % 10 if conditional else None
-        kw = {"cond": {"class_labels": labels.to(model.device)}, "guidance": w} if conditional else {}
         t0 = time.process_time()
-        x = sample(model, n, seed, sampler=sampler, steps=steps, spacing=spacing, **kw)
-        wav = waveforms(x, info)
+        wav = waveforms(draw(n, seed, labels, w), info)
         cpu = time.process_time() - t0
         row = {"guidance": w, "sample_cpu_s": cpu, "cpu_s_per_audio_s": cpu / (n * wav.shape[1] / rate)}
         row.update(_scores(net, wav, rate, labels, ref))
         rows.append(row)
-    return {"run": str(run_dir), "data": d.name, "kind": info.kind, "rate": rate, "step": model.step, "n": n,
-            "n_test": len(test.x), "n_train": len(train.x), "sampler": sampler, "steps": steps,
+    return {"run": str(run_dir), "data": name, "kind": info.kind, "model": model_kind, "rate": rate, "step": step,
+            "n": n, "n_test": len(test.x), "n_train": len(train.x), "sampler": sampler, "steps": steps,
             "conditional": conditional, "real": real, "rows": rows, "threads": torch.get_num_threads()}  # fmt: skip
 
 
 def audio_markdown(r: dict) -> str:
     """The report as markdown."""
     lines = [f"# Audio evaluation of {r['run']}", "",
-             f"{r['data']} ({r['kind']} route, {r['rate']} Hz), step {r['step']}, {r['n']} samples per row, sampler "
+             f"{r['data']} ({r['kind']} route, {r['rate']} Hz), {r.get('model', 'diffusion')} run, step {r['step']}, {r['n']} samples per row, sampler "
              f"{r['sampler']} ({r['steps']} steps); digit classifier trained on {r['n_train']} training-voice clips, "
              f"reference: {r['n_test']} held-out-voice clips.", "",
              "| samples | guidance w | digit accuracy | FD (classifier features) | CPU s per s of audio |",
@@ -164,7 +196,7 @@ def audio_markdown(r: dict) -> str:
     for row in r["rows"]:
         acc = f"{row['accuracy']:.3f}" if "accuracy" in row else "–"
         w = "–" if row["guidance"] is None else f"{row['guidance']:g}"
-        lines.append(f"| model | {w} | {acc} | {row['fd']:.3f} | {row['cpu_s_per_audio_s']:.2f} |")
+        lines.append(f"| {r.get('model', 'diffusion')} | {w} | {acc} | {row['fd']:.3f} | {row['cpu_s_per_audio_s']:.2f} |")
     lines += ["", "Predicted digits (coverage) per row: " + "; ".join(
         f"w={row['guidance']}: {dict(zip(DIGITS, row['coverage']))}" for row in r["rows"]), ""]
     return "\n".join(lines)
