@@ -33,7 +33,7 @@ def test_progressive_target_is_two_teacher_ddim_steps():
     target = progressive_target(teacher, x, sig, mid, nxt, {})
     for i in range(6):  # two teacher steps of the registry's DDIM, one example at a time
         two = sample_ddim(teacher, x[i : i + 1], torch.stack([sig[i], mid[i], nxt[i]]))
-        one = sample_ddim(lambda x_, s_: target[i : i + 1], x[i : i + 1], torch.stack([sig[i], nxt[i]]))
+        one = sample_ddim(lambda x_, s_, i=i: target[i : i + 1], x[i : i + 1], torch.stack([sig[i], nxt[i]]))
         torch.testing.assert_close(one, two, rtol=1e-12, atol=1e-12)
 
     def factor(s, s_next):  # (x' − m) / (x − m) of one exact DDIM step on N(m, S²) data
