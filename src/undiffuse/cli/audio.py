@@ -21,7 +21,7 @@ def eval_audio(args: argparse.Namespace, run_dir: Path) -> int:
     from undiffuse.errors import UserError
     from undiffuse.evaluation.audio import audio_markdown, evaluate_audio_run
 
-    n = args.n if args.n != 2500 else 200
+    n = 200 if args.n is None else args.n
     try:
         report = evaluate_audio_run(run_dir, n, args.seed, tuple(args.guidance or (1.0, 2.0, 4.0)), args.sampler,
                                     args.steps, args.device)  # fmt: skip

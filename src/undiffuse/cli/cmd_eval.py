@@ -31,8 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default=None, help="reference data spec (required for folders and .npy; default for "
                    "runs: the run's own data)")
     p.add_argument("--split", default="test", choices=("test", "train"), help="reference split (default: test)")
-    p.add_argument("--n", type=positive_int, default=2500, help="samples to draw from a run (default 2500, the "
-                   "VEEGAN/PacGAN toy protocol)")
+    p.add_argument("--n", type=positive_int, default=None, help="samples to draw from a run (default 2500, the "
+                   "VEEGAN/PacGAN toy protocol; audio 200, text 32, series 500, tables the training split's size)")
     p.add_argument("--n-ref", type=positive_int, default=None, help="reference examples (default: the split, ≤ 10,000)")
     p.add_argument("--fid", action="store_true", help="also FID/KID with the Inception network (slow on CPU: ~5 img/s)")
     p.add_argument("--n-ref-fid", type=positive_int, default=None, help="reference images for FID (default: the split)")
@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
         if is_audio_data(run_data_name(str(target))):  # digit accuracy and classifier FD per guidance scale
             return eval_audio(args, target)
+        args.n = 2500 if args.n is None else args.n
         result = evaluate_run(target, args)
         if result is None:  # a non-zero rank under torchrun
             return 0

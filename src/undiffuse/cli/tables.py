@@ -75,7 +75,7 @@ def eval_table(args: argparse.Namespace, run_dir: Path) -> int:
     from undiffuse.evaluation.table_report import evaluate_table_run, table_markdown
 
     steps = _steps(args)
-    n = args.n if args.n != 2500 else None  # the image/toy default: tables use the training split's size
+    n = args.n  # None (not given): the training split's size
     report = evaluate_table_run(run_dir, args.seed, steps, n, args.device)
     return _write_report(report, table_markdown(report), run_dir, args.out)
 
@@ -110,6 +110,6 @@ def eval_series(args: argparse.Namespace, run_dir: Path) -> int:
     """``undiffuse eval RUN`` for a series run: stylised facts and discriminative scores beside GARCH-t."""
     from undiffuse.evaluation.series_report import evaluate_series_run, series_markdown
 
-    n = args.n if args.n != 2500 else 500
+    n = 500 if args.n is None else args.n
     report = evaluate_series_run(run_dir, n, args.seed, args.sampler or "ddpm", args.steps or 100, args.device)
     return _write_report(report, series_markdown(report), run_dir, args.out)
