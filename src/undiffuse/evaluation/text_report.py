@@ -66,6 +66,8 @@ def gen_ppl(ar_model, ids: torch.Tensor) -> dict:
 def infill_spans(x: torch.Tensor, span: int, seed: int = 0) -> torch.Tensor:
     """keep [N, L] (False on the hidden span): a span of ``span`` characters starting uniformly in the middle half."""
     N, L = x.shape
+    if not 0 < span <= L // 2:
+        raise ValueError(f"an infilling span of {span} characters does not fit the middle half of {L}-character windows")
     g = generator(derive_seed(seed, "infill"))
     start = L // 4 + torch.randint(0, max(1, L // 2 - span), (N,), generator=g)
     pos = torch.arange(L)
@@ -97,6 +99,7 @@ def greedy_fill(model, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 def infill_scores(model, x: torch.Tensor, span: int = 16, seed: int = 0, n_t: int = 16) -> dict:
     """Exact-character accuracy of greedy filling and bits/char of hidden spans (see the module docstring)."""
+    span = min(span, x.shape[1] // 2)  # short windows: the span fits their middle half (reported below)
     keep = infill_spans(x, span, seed)
     filled = greedy_fill(model, x, keep)
     hidden = ~keep
