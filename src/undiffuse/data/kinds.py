@@ -208,7 +208,8 @@ def check_output(path: PathLike, kind: str) -> str:
     if typ not in k.writers:
         shown = ", ".join("a directory ending in /" if t == "dir" else t for t in k.writers)
         if typ == "dir":
-            raise DataError(f"one file per sample is not available for {kind} data (only for image data) — use {shown}")
+            per_sample = ", ".join(name for name, other in KINDS.items() if "dir" in other.writers)
+            raise DataError(f"one file per sample is not available for {kind} data (only for {per_sample} data) — use {shown}")
         raise DataError(f"unknown output type {typ or str(path)!r} for {kind} samples — use {shown}")
     for parent in Path(path).parents:
         if parent.exists():
