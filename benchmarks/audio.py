@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import resource
-import time
 from pathlib import Path
 
 import torch
@@ -32,9 +31,14 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     from undiffuse.data import load_dataset
-    from undiffuse.data.audio import MEL, from_mel_image, spoken_digits, to_mel_image
+    from undiffuse.data.audio import from_mel_image, spoken_digits, to_mel_image
     from undiffuse.data.mel import MelSpec
-    from undiffuse.evaluation.audio import classifier_input, digit_classifier, log_spectral_distance, mrstft_distance
+    from undiffuse.evaluation.audio import (
+        classifier_input,
+        digit_classifier,
+        log_spectral_distance,
+        mrstft_distance,
+    )
 
     _, _, manifest = spoken_digits("train")
     clips = manifest["clips"]
