@@ -11,25 +11,11 @@ Trains ``undiffuse train --data DATA`` once (timed in CPU-seconds; an existing r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
-
-def _train(spec: str, run: Path, overrides: list) -> dict:
-    from undiffuse.config import resolve_config
-    from undiffuse.training import train
-
-    record = run / "train_time.json"
-    if (run / "checkpoints").is_dir():
-        return {**(json.loads(record.read_text()) if record.is_file() else {}), "reused": True}
-    load, cpu, wall = os.getloadavg()[0], time.process_time(), time.perf_counter()
-    s = train(resolve_config(spec, overrides=overrides), run, progress=False)
-    out = {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall, "steps": s.step,
-           "val_loss": s.val_loss, "load_1min": load}  # fmt: skip
-    record.write_text(json.dumps(out))
-    return out
+from _timed_train import timed_train
 
 
 def _plot(report: dict, path: str) -> None:
@@ -78,7 +64,7 @@ def main() -> None:
     out = {"data": args.data, "overrides": args.overrides, "threads": os.environ.get("OMP_NUM_THREADS"),
            "device": "2-core AMD EPYC, torch " + torch.__version__, "load_1min_start": os.getloadavg()[0],
            "versions": {"torch": torch.__version__, "sklearn": sklearn.__version__, "arch": arch.__version__},
-           "train": _train(args.data, run, args.overrides)}  # fmt: skip
+           "train": timed_train(args.data, run, args.overrides)}  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",")]
     full = seeds if args.full_seeds is None else [int(s) for s in args.full_seeds.split(",")]
     out["per_seed"] = [evaluate_series_run(run, seed=s, steps=args.steps, forecast_n=args.forecast_paths,

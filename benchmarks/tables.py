@@ -16,24 +16,9 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
-
-def _train(name: str, run: Path) -> dict:
-    from undiffuse.config import resolve_config
-    from undiffuse.training import train
-
-    record = run / "train_time.json"
-    if (run / "checkpoints").is_dir():
-        return {**(json.loads(record.read_text()) if record.is_file() else {}), "reused": True}
-    load = os.getloadavg()[0]
-    cpu, wall = time.process_time(), time.perf_counter()
-    s = train(resolve_config(f"table:{name}"), run, progress=False)
-    out = {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall, "steps": s.step,
-           "loss": s.loss, "val_loss": s.val_loss, "load_1min": load}  # fmt: skip
-    record.write_text(json.dumps(out))
-    return out
+from _timed_train import timed_train
 
 
 def _mean(reports: list, method: str, key: str):
@@ -60,7 +45,7 @@ def main() -> None:
                  "versions": {"torch": torch.__version__, "sklearn": sklearn.__version__}, "tables": {}}
     for name in args.tables.split(","):
         run = Path(args.runs) / name
-        entry = {"train": _train(name, run)}
+        entry = {"train": timed_train(f"table:{name}", run)}
         reports = [evaluate_table_run(run, seed=int(s)) for s in args.seeds.split(",")]
         entry["efficacy_real_train"] = reports[0]["efficacy_real_train"]
         entry["sample_cpu_s"] = statistics.fmean(r["sample_cpu_s"] for r in reports)
