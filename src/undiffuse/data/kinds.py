@@ -127,39 +127,31 @@ def _table_csv(x: torch.Tensor, path: Path, info: Any, **kw: Any) -> Path:
     return write_csv(x, path, info, **kw)
 
 
-def _text(fmt: str) -> Writer:
-    """The writer of token-id samples as .txt (blank-line separated) or .jsonl (undiffuse.data.textdata)."""
+def _lazy(module: str, prefix: str, fmt: str) -> Writer:
+    """The writer ``undiffuse.data.<module>.<prefix><fmt>``, imported on first use: text (.txt blank-line
+    separated, .jsonl; textdata.write_*), series (.npy [N, L, C], a .csv of blocks, a .png of paths;
+    series.write_series_*) and audio (waveforms, or log-mel images vocoded by Griffin-Lim: one .wav with 0.25 s
+    of silence between samples, one WAV per sample (dir), float32 [N, L] .npy, a .png of spectrograms;
+    audio.write_audio_*)."""
 
     def write(x: torch.Tensor, path: Path, info: Any, **kw: Any) -> Path:
-        from undiffuse.data import textdata
+        import importlib
 
-        return getattr(textdata, f"write_{fmt}")(x, path, info, **kw)
+        return getattr(importlib.import_module(f"undiffuse.data.{module}"), f"{prefix}{fmt}")(x, path, info, **kw)
 
     return write
+
+
+def _text(fmt: str) -> Writer:
+    return _lazy("textdata", "write_", fmt)
 
 
 def _series(fmt: str) -> Writer:
-    """The writer of windows as .npy [N, L, C], a .csv of blocks or a .png of paths (undiffuse.data.series)."""
-
-    def write(x: torch.Tensor, path: Path, info: Any, **kw: Any) -> Path:
-        from undiffuse.data import series
-
-        return getattr(series, f"write_series_{fmt}")(x, path, info, **kw)
-
-    return write
+    return _lazy("series", "write_series_", fmt)
 
 
 def _audio(fmt: str) -> Writer:
-    """The writer of audio samples (waveforms, or log-mel images vocoded by Griffin-Lim) as one .wav with 0.25 s
-    of silence between samples, one WAV per sample (dir), float32 [N, L] .npy or a .png of spectrograms
-    (undiffuse.data.audio)."""
-
-    def write(x: torch.Tensor, path: Path, info: Any, **kw: Any) -> Path:
-        from undiffuse.data import audio
-
-        return getattr(audio, f"write_audio_{fmt}")(x, path, info, **kw)
-
-    return write
+    return _lazy("audio", "write_audio_", fmt)
 
 
 _GRID = {".png": _image_grid, ".jpg": _image_grid, ".jpeg": _image_grid}
