@@ -180,9 +180,9 @@ def build_spoken_digits(root: os.PathLike | str, seed: int = 0, accents: tuple[s
         with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
             clips = list(pool.map(one, range(len(jobs))))
     pcm = np.clip(np.round(np.stack(clips) * 32767), -32768, 32767).astype(np.int16)
-    with atomic_path(root / "clips.npy") as tmp_path:
-        with open(tmp_path, "wb") as f:
-            np.save(f, pcm)
+    from undiffuse.data.kinds import _write_npy
+
+    _write_npy(pcm, root / "clips.npy")
     write_json(root / "manifest.json", {"version": VERSION, "seed": seed, "espeak": version, "rate": SAMPLE_RATE,
                                         "length": L, "accents": list(accents), "variants": list(variants),
                                         "renditions": renditions, "clips": jobs})  # fmt: skip
@@ -346,10 +346,9 @@ def write_audio_dir(x: torch.Tensor, path: Path, info: Any, start: int = 0, tota
 
 def write_audio_npy(x: torch.Tensor, path: Path, info: Any, **_: Any) -> Path:
     """float32 [N, L] in [-1, 1] at the data's sample rate."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, waveforms(x, info).numpy().astype(np.float32))
-    return path
+    from undiffuse.data.kinds import _write_npy
+
+    return _write_npy(waveforms(x, info).numpy().astype(np.float32), path)
 
 
 def write_audio_png(x: torch.Tensor, path: Path, info: Any, nrow: Optional[int] = None, **_: Any) -> Path:
@@ -358,12 +357,10 @@ def write_audio_png(x: torch.Tensor, path: Path, info: Any, nrow: Optional[int] 
     from matplotlib.figure import Figure
 
     rate = info.extra["audio"]["rate"]
-    w = waveforms(x, info)
-    spec = MEL(rate)
     from undiffuse.data.mel import MelSpec
 
-    spec = MelSpec(rate=rate, n_mels=48, n_fft=spec.n_fft, hop=spec.hop // 2)
-    lm = spec.log(w).numpy()
+    mel = MEL(rate)
+    lm = MelSpec(rate=rate, n_mels=48, n_fft=mel.n_fft, hop=mel.hop // 2).log(waveforms(x, info)).numpy()
     n = len(lm)
     cols = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / cols)
