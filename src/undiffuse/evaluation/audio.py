@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from undiffuse.data import load_dataset
-from undiffuse.data.audio import DIGITS, cache_dir, waveforms
+from undiffuse.data.audio import DIGITS, waveforms
 from undiffuse.data.mel import MelSpec, stft_magnitude
 from undiffuse.evaluation.classifier import (
     ClassifierConfig,
@@ -50,7 +50,9 @@ def classifier_input(wav: torch.Tensor, rate: int) -> torch.Tensor:
 
 def digit_classifier(rate: int, seed: int = 0, epochs: int = 8) -> SmallClassifier:
     """The spoken-digit classifier at ``rate``, trained on the training voices once and cached (safetensors)."""
-    path = cache_dir() / "classifiers" / f"spoken-digits-{rate}hz-s{seed}.safetensors"
+    from undiffuse.evaluation.report import classifier_cache_dir
+
+    path = classifier_cache_dir() / f"spoken-digits-{rate}hz-s{seed}.safetensors"
     if path.is_file():
         return SmallClassifier.load(path)
     ds = load_dataset("audio:spoken-digits", "train", sample_rate=rate)
