@@ -61,7 +61,8 @@ def compare_facts(real: dict, synth: dict) -> dict:
 
 
 def _features(r: np.ndarray) -> np.ndarray:
-    prods = [np.sort(np.abs(r[:, k:] * r[:, :-k]).mean(1, keepdims=True), 1) for k in range(1, 6)]
+    """Each window's sorted values and its mean |r_t·r_{t−k}| at lags k = 1..5."""
+    prods = [np.abs(r[:, k:] * r[:, :-k]).mean(1, keepdims=True) for k in range(1, 6)]
     return np.concatenate([np.sort(r, 1), *prods], 1)
 
 
