@@ -30,12 +30,14 @@ from undiffuse.runs import (
     read_config_json,
     read_newest,
     refuse_config_edit,
+    run_kind,
     save_checkpoint,
 )
 
 __all__ = ["KINDS", "network_kind", "is_baseline_run", "BaselineConfig", "save_baseline", "open_baseline",
            "resume_baseline", "load_baseline"]
 
+PathLike = Union[str, os.PathLike]
 KINDS = ("gan", "vae")
 #: data kinds the baselines model as another kind's networks: a log-mel "mel" example is a [1, 32, 32] image in [-1, 1]
 _AS_KIND = {"mel": "image"}
@@ -46,12 +48,9 @@ def network_kind(data_kind: str) -> str:
     return _AS_KIND.get(data_kind, data_kind)
 
 
-def is_baseline_run(run_dir: Union[str, os.PathLike]) -> bool:
+def is_baseline_run(run_dir: PathLike) -> bool:
     """Whether ``run_dir`` holds a GAN or VAE baseline run (its kind, read by :func:`undiffuse.runs.run_kind`)."""
-    from undiffuse.runs import run_kind
-
     return run_kind(run_dir) in KINDS
-PathLike = Union[str, os.PathLike]
 
 
 @dataclass(frozen=True)
