@@ -149,12 +149,12 @@ def text_nll(model, x: torch.Tensor, n_t: int = 32, seed: int = 0, T: Optional[i
     bits per character of the other positions given the kept ones (infilling; the baseline sees only what lies
     to the left of a position)."""
     per_seq = []
-    den = model.denoiser
+    den, ar = model.denoiser, is_autoregressive(model)
     g = generator(derive_seed(seed, "text-nll"))
     for lo in range(0, len(x), batch_size):
         xb = x[lo : lo + batch_size].to(model.device)
         kb = keep[lo : lo + batch_size].to(model.device) if keep is not None else None
-        if is_autoregressive(model):
+        if ar:
             nll = den.token_nll(xb).double()
             per_seq.append((nll if kb is None else nll * ~kb).sum(dim=1).cpu())
         else:
@@ -163,7 +163,7 @@ def text_nll(model, x: torch.Tensor, n_t: int = 32, seed: int = 0, T: Optional[i
     nats = torch.cat(per_seq) / free
     bpc = nats / math.log(2)
     se = float(bpc.std(unbiased=True) / math.sqrt(len(bpc))) if len(bpc) > 1 else float("nan")
-    how = "exact" if is_autoregressive(model) else ("continuous-time ELBO" if T is None else f"discrete-time bound, T = {T}")
+    how = "exact" if ar else ("continuous-time ELBO" if T is None else f"discrete-time bound, T = {T}")
     return {"bits_per_char": float(bpc.mean()), "stderr": se, "n": len(bpc), "length": int(x.shape[1]),
-            "estimator": how, "n_t": None if is_autoregressive(model) else n_t,
-            "model": "autoregressive" if is_autoregressive(model) else "masked diffusion"}  # fmt: skip
+            "estimator": how, "n_t": None if ar else n_t,
+            "model": "autoregressive" if ar else "masked diffusion"}  # fmt: skip
