@@ -82,17 +82,16 @@ def greedy_fill(model, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     z = torch.where(keep, x, torch.full_like(x, den.vocab)).to(model.device)
     while (z == den.vocab).any():
         masked = z == den.vocab
+        rows = masked.any(dim=1).nonzero().squeeze(1)
         if is_autoregressive(model):
             pos = masked.float().argmax(dim=1)  # first masked position of each row (rows may differ)
             logits = den.net(shift_right(z, den.start_id))
-            rows = masked.any(dim=1).nonzero().squeeze(1)
             z[rows, pos[rows]] = logits[rows, pos[rows]].argmax(-1)
         else:
             p = torch.softmax(den.net(z).double(), dim=-1)
             conf, tok = p.max(dim=-1)
             conf = torch.where(masked, conf, torch.full_like(conf, -1.0))
             pos = conf.argmax(dim=1)
-            rows = masked.any(dim=1).nonzero().squeeze(1)
             z[rows, pos[rows]] = tok[rows, pos[rows]]
     return z.cpu()
 
