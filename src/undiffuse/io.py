@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
-__all__ = ["atomic_path", "atomic_write", "write_text", "write_json", "jsonable", "is_temp_name",
+__all__ = ["cache_root", "write_npy", "atomic_path", "atomic_write", "write_text", "write_json", "jsonable", "is_temp_name",
            "remove_stale_temps"]  # fmt: skip
 
 PathLike = Union[str, os.PathLike]
@@ -106,3 +106,20 @@ def remove_stale_temps(root: PathLike) -> list[Path]:
                     p.unlink()
                     removed.append(p)
     return removed
+
+
+def cache_root() -> Path:
+    """Where undiffuse keeps what it builds once (datasets, classifiers, FID statistics): ``$UNDIFFUSE_CACHE`` if
+    set, else ``~/.cache/undiffuse``."""
+    return Path(os.environ.get("UNDIFFUSE_CACHE") or Path.home() / ".cache" / "undiffuse")
+
+
+def write_npy(arr: Any, path: Union[str, os.PathLike]) -> Path:
+    """``numpy.save(path, arr)`` written atomically (:func:`atomic_path`); no pickled objects."""
+    import numpy as np
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+    return path

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from undiffuse.data.errors import DataError
-from undiffuse.io import atomic_path, write_json
+from undiffuse.io import atomic_path, cache_root, write_json, write_npy
 from undiffuse.rng import derive_seed
 
 __all__ = ["DIGITS", "ACCENTS", "VARIANTS", "SAMPLE_RATE", "cache_dir", "read_audio", "write_wav", "resample",
@@ -65,7 +65,7 @@ SILENCE_DB = -40.0
 
 def cache_dir() -> Path:
     """Where built datasets live: ``$UNDIFFUSE_CACHE`` or ``~/.cache/undiffuse``."""
-    return Path(os.environ.get("UNDIFFUSE_CACHE") or Path.home() / ".cache" / "undiffuse")
+    return cache_root()
 
 
 # --- audio I/O and preparation ---------------------------------------------------------------------------
@@ -180,9 +180,7 @@ def build_spoken_digits(root: os.PathLike | str, seed: int = 0, accents: tuple[s
         with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
             clips = list(pool.map(one, range(len(jobs))))
     pcm = np.clip(np.round(np.stack(clips) * 32767), -32768, 32767).astype(np.int16)
-    from undiffuse.data.kinds import _write_npy
-
-    _write_npy(pcm, root / "clips.npy")
+    write_npy(pcm, root / "clips.npy")
     write_json(root / "manifest.json", {"version": VERSION, "seed": seed, "espeak": version, "rate": SAMPLE_RATE,
                                         "length": L, "accents": list(accents), "variants": list(variants),
                                         "renditions": renditions, "clips": jobs})  # fmt: skip
@@ -346,9 +344,7 @@ def write_audio_dir(x: torch.Tensor, path: Path, info: Any, start: int = 0, tota
 
 def write_audio_npy(x: torch.Tensor, path: Path, info: Any, **_: Any) -> Path:
     """float32 [N, L] in [-1, 1] at the data's sample rate."""
-    from undiffuse.data.kinds import _write_npy
-
-    return _write_npy(waveforms(x, info).numpy().astype(np.float32), path)
+    return write_npy(waveforms(x, info).numpy().astype(np.float32), path)
 
 
 def write_audio_png(x: torch.Tensor, path: Path, info: Any, nrow: Optional[int] = None, **_: Any) -> Path:

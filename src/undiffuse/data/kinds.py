@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from undiffuse.data.errors import DataError
-from undiffuse.io import atomic_path
+from undiffuse.io import atomic_path, write_npy
 
 __all__ = ["DataKind", "KINDS", "PROCESSES", "kind_of", "output_type", "check_output", "save_samples", "SampleStream"]
 
@@ -70,16 +70,9 @@ def _image_array(x: torch.Tensor, bits: int = 8) -> np.ndarray:
     return to_levels(x, bits)  # uint8 (or uint16 for 16-bit data) [N, H, W, C]
 
 
-def _write_npy(arr: np.ndarray, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-    return path
-
-
 def _image_npy(x: torch.Tensor, path: Path, info: Any, **_: Any) -> Path:
     """uint8 [N, H, W, C] levels in data units (uint16 for 16-bit data)."""
-    return _write_npy(_image_array(x, _bits(info)), path)
+    return write_npy(_image_array(x, _bits(info)), path)
 
 
 def _image_grid(x: torch.Tensor, path: Path, info: Any, nrow: Optional[int] = None, **_: Any) -> Path:
@@ -107,7 +100,7 @@ def _image_dir(x: torch.Tensor, path: Path, info: Any, start: int = 0, total: Op
 
 def _vector_npy(x: torch.Tensor, path: Path, info: Any, **_: Any) -> Path:
     """float32 [N, D] in data units."""
-    return _write_npy(x.detach().cpu().float().numpy().astype(np.float32), path)
+    return write_npy(x.detach().cpu().float().numpy().astype(np.float32), path)
 
 
 def _vector_scatter(x: torch.Tensor, path: Path, info: Any, reference: Optional[torch.Tensor] = None,

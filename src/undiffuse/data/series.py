@@ -104,12 +104,9 @@ def series_units(x: torch.Tensor, info: Any) -> np.ndarray:
 
 def write_series_npy(x: torch.Tensor, path: Path, info: Any, **_: Any) -> Path:
     """float32 [N, L, C] windows in data units."""
-    from undiffuse.io import atomic_path
+    from undiffuse.io import write_npy
 
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, series_units(x, info))
-    return path
+    return write_npy(series_units(x, info), path)
 
 
 def write_series_csv(x: torch.Tensor, path: Path, info: Any, **_: Any) -> Path:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import atomic_write
+from ..io import atomic_write, cache_root
 from .frechet import feature_stats, frechet_distance, frechet_distance_from_features
 from .inception import InceptionFeatures
 
@@ -32,8 +32,7 @@ CACHE_FORMAT = 1
 
 def default_cache_dir() -> Path:
     """``$UNDIFFUSE_CACHE/fid`` if set, else ``~/.cache/undiffuse/fid``."""
-    root = os.environ.get("UNDIFFUSE_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "undiffuse") / "fid"
+    return cache_root() / "fid"
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import atomic_path, jsonable, write_json, write_text
+from ..io import cache_root, jsonable, write_json, write_npy, write_text
 from ..progress import note
 from .classifier import SmallClassifier, accuracy, train_classifier
 from .frechet import frechet_distance_from_features, kid
@@ -64,8 +64,7 @@ CLASSIFIER_EPOCHS = 3
 
 def classifier_cache_dir() -> Path:
     """``$UNDIFFUSE_CACHE/classifiers`` if set, else ``~/.cache/undiffuse/classifiers``."""
-    root = os.environ.get("UNDIFFUSE_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "undiffuse") / "classifiers"
+    return cache_root() / "classifiers"
 
 
 def _slug(text: str) -> str:
@@ -339,9 +338,7 @@ def _cached_ref_features(name: str, split: str, n: int, feats, images_fn) -> tor
         except (OSError, ValueError):
             pass
     f = feats(images_fn()).numpy()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, f)
+    write_npy(f, path)
     return torch.from_numpy(f)
 
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from undiffuse.io import atomic_path
+from undiffuse.io import write_npy
 from undiffuse.study.common import (
     FMNIST_DIFFUSION_OVERRIDES,
     FMNIST_SAMPLER,
@@ -164,9 +164,7 @@ def _save_samples(run_dir: Path, x: torch.Tensor, toy: bool) -> None:
     from undiffuse.data import to_uint8
 
     arr = x.numpy().astype(np.float32) if toy else to_uint8(x).numpy()
-    with atomic_path(run_dir / "samples.npy") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr)
+    write_npy(arr, run_dir / "samples.npy")
 
 
 def _nll(unit: Unit, run_dir: Path, settings: StudySettings, toy: bool) -> Optional[dict]:
