@@ -104,19 +104,19 @@ def run(args: argparse.Namespace) -> int:
     if not is_run and not target.is_dir() and target.suffix != ".npy":
         raise UserError(f"{target} is neither a run directory, a folder of images nor a .npy file")
     if is_run:
-        from undiffuse.cli.tables import eval_series, eval_table, is_table_run, run_data_name
+        from undiffuse.cli.audio import eval_audio, is_audio_data
+        from undiffuse.cli.tables import eval_series, eval_table, run_data_name
 
-        if is_table_run(str(target)):  # the table protocol: fidelity, ML efficacy, privacy, detection
+        name = run_data_name(str(target))  # config.json read once, weights not loaded
+        if name.startswith("table:"):  # the table protocol: fidelity, ML efficacy, privacy, detection
             return eval_table(args, target)
-        if run_data_name(str(target)).startswith("text:"):  # bits/char, gen-PPL with entropy, infilling
+        if name.startswith("text:"):  # bits/char, gen-PPL with entropy, infilling
             from undiffuse.cli.textlm import eval_text
 
             return eval_text(args, target)
-        if run_data_name(str(target)).startswith("series:"):  # stylised facts beside GARCH(1,1)-t
+        if name.startswith("series:"):  # stylised facts beside GARCH(1,1)-t
             return eval_series(args, target)
-        from undiffuse.cli.audio import eval_audio, is_audio_data
-
-        if is_audio_data(run_data_name(str(target))):  # digit accuracy and classifier FD per guidance scale
+        if is_audio_data(name):  # digit accuracy and classifier FD per guidance scale
             return eval_audio(args, target)
         args.n = 2500 if args.n is None else args.n
         result = evaluate_run(target, args)

@@ -10,12 +10,7 @@ from pathlib import Path
 
 from undiffuse.errors import UserError
 
-__all__ = ["is_table_run", "run_data_name", "sample_table", "edit_table", "eval_table", "eval_series"]
-
-
-def is_table_run(run_dir: str) -> bool:
-    """Whether RUN_DIR was trained on ``table:`` data."""
-    return run_data_name(run_dir).startswith("table:")
+__all__ = ["run_data_name", "sample_table", "edit_table", "eval_table", "eval_series"]
 
 
 def _sampler(args: argparse.Namespace) -> int:
