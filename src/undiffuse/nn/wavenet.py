@@ -77,7 +77,7 @@ class WaveNet(nn.Module):
         self.time_embed = TimestepEmbedding(config.emb_dim, C)
         self.label_embed = nn.Embedding(num_classes + 1, C) if num_classes is not None else None  # last row: no label
         self.layers = nn.ModuleList(_Layer(C, 2 ** (i % config.cycle)) for i in range(config.layers))
-        self.label_proj = nn.ModuleList(nn.Linear(C, 2 * C) for _ in range(config.layers)) if num_classes else None
+        self.label_proj = nn.ModuleList(nn.Linear(C, 2 * C) for _ in range(config.layers)) if num_classes is not None else None
         if config.n_mels:
             ups = []
             for f in _factors(config.hop):  # transposed convolutions that stretch one mel frame to `hop` samples
