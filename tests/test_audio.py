@@ -275,8 +275,6 @@ def test_diffusion_vocoder_trains_on_its_clips_mel_and_vocodes_a_given_clip(tmp_
 
 def test_wavenet_with_a_label_table_of_one_null_row_runs():
     """num_classes = 0 (only the null label): the per-layer label projections exist whenever the embedding does."""
-    from undiffuse.nn.wavenet import WaveNet, WaveNetConfig
-
     net = WaveNet(WaveNetConfig(channels=8, layers=2, emb_dim=16), num_classes=0)
     out = net(torch.randn(2, 64), torch.rand(2), class_labels=torch.zeros(2, dtype=torch.long))
     assert out.shape == (2, 64) and torch.isfinite(out).all()
