@@ -7,12 +7,7 @@ from pathlib import Path
 
 from undiffuse.io import write_json, write_text
 
-__all__ = ["is_audio_data", "eval_audio"]
-
-
-def is_audio_data(name: str) -> bool:
-    """Whether a data spec is audio (``audio:…`` waveforms or ``mel:…`` spectrograms)."""
-    return name.startswith(("audio:", "mel:"))
+__all__ = ["eval_audio"]
 
 
 def eval_audio(args: argparse.Namespace, run_dir: Path) -> int:

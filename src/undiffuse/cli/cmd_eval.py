@@ -55,6 +55,46 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _eval_table(args: argparse.Namespace, run_dir: Path) -> int:  # fidelity, ML efficacy, privacy, detection
+    from undiffuse.cli.tables import eval_table
+
+    return eval_table(args, run_dir)
+
+
+def _eval_series(args: argparse.Namespace, run_dir: Path) -> int:  # stylised facts beside GARCH(1,1)-t
+    from undiffuse.cli.tables import eval_series
+
+    return eval_series(args, run_dir)
+
+
+def _eval_text(args: argparse.Namespace, run_dir: Path) -> int:  # bits/char, gen-PPL with entropy, infilling
+    from undiffuse.cli.textlm import eval_text
+
+    return eval_text(args, run_dir)
+
+
+def _eval_audio(args: argparse.Namespace, run_dir: Path) -> int:  # digit accuracy and FD per guidance scale
+    from undiffuse.cli.audio import eval_audio
+
+    return eval_audio(args, run_dir)
+
+
+#: The kinds of data (keys of undiffuse.data.kinds.KINDS) evaluated by their own protocol; images and 2-D
+#: points (the rest) by ``evaluate_run`` below.
+KIND_EVALS = {"table": _eval_table, "series": _eval_series, "text": _eval_text, "audio": _eval_audio,
+              "mel": _eval_audio}
+
+
+def _spec_kind(name: str) -> str:
+    """The kind of a run's data spec ("" when the spec is unknown: the generic protocol then reports it)."""
+    from undiffuse.data import DataError, spec_kind
+
+    try:
+        return spec_kind(name)
+    except DataError:
+        return ""
+
+
 def _default_prefix(target: Path, is_run: bool) -> str:
     if is_run:
         return str(target / "eval")
@@ -104,20 +144,11 @@ def run(args: argparse.Namespace) -> int:
     if not is_run and not target.is_dir() and target.suffix != ".npy":
         raise UserError(f"{target} is neither a run directory, a folder of images nor a .npy file")
     if is_run:
-        from undiffuse.cli.audio import eval_audio, is_audio_data
-        from undiffuse.cli.tables import eval_series, eval_table, run_data_name
+        from undiffuse.cli.tables import run_data_name
 
-        name = run_data_name(str(target))  # config.json read once, weights not loaded
-        if name.startswith("table:"):  # the table protocol: fidelity, ML efficacy, privacy, detection
-            return eval_table(args, target)
-        if name.startswith("text:"):  # bits/char, gen-PPL with entropy, infilling
-            from undiffuse.cli.textlm import eval_text
-
-            return eval_text(args, target)
-        if name.startswith("series:"):  # stylised facts beside GARCH(1,1)-t
-            return eval_series(args, target)
-        if is_audio_data(name):  # digit accuracy and classifier FD per guidance scale
-            return eval_audio(args, target)
+        kind_eval = KIND_EVALS.get(_spec_kind(run_data_name(str(target))))  # config.json read once, no weights
+        if kind_eval is not None:  # a kind of data with its own protocol
+            return kind_eval(args, target)
         args.n = 2500 if args.n is None else args.n
         result = evaluate_run(target, args)
         if result is None:  # a non-zero rank under torchrun
