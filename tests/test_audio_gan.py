@@ -39,3 +39,7 @@ def test_gan_on_mel_digits_trains_writes_audio_and_is_scored(tmp_path, monkeypat
     assert row["guidance"] is None and "accuracy" not in row and sum(row["coverage"]) == 10
     assert np.isfinite(row["fd"]) and row["cpu_s_per_audio_s"] > 0
     assert "| gan | – |" in capsys.readouterr().out
+    for extra, named in ((["--steps", "4"], "--steps"), (["--guidance", "2"], "--guidance")):  # options that
+        capsys.readouterr()  # cannot apply to an unconditional GAN are refused, not silently ignored
+        assert main(["eval", run, "--n", "10", *extra, "--out", str(tmp_path / "e2")]) == 2
+        assert named in capsys.readouterr().err and not (tmp_path / "e2.json").exists()

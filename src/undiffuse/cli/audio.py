@@ -18,7 +18,7 @@ def eval_audio(args: argparse.Namespace, run_dir: Path) -> int:
 
     n = 200 if args.n is None else args.n
     try:
-        report = evaluate_audio_run(run_dir, n, args.seed, tuple(args.guidance or (1.0, 2.0, 4.0)), args.sampler,
+        report = evaluate_audio_run(run_dir, n, args.seed, args.guidance, args.sampler,
                                     args.steps, args.device)  # fmt: skip
     except ValueError as e:
         raise UserError(f"{e} — evaluate a spoken-digits run") from None

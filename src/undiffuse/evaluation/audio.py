@@ -156,11 +156,20 @@ def _open_audio_run(run_dir: Union[str, os.PathLike], sampler: Optional[str], st
 
 
 def evaluate_audio_run(run_dir: Union[str, os.PathLike], n: int = 200, seed: int = 0,
-                       guidance: Sequence[float] = (1.0, 2.0, 4.0), sampler: Optional[str] = None,
+                       guidance: Optional[Sequence[float]] = None, sampler: Optional[str] = None,
                        steps: Optional[int] = None, device: Optional[str] = None) -> dict:  # fmt: skip
-    """Accuracy, FD and coverage of ``n`` samples per guidance scale (see the module docstring). ``run_dir`` is a
+    """Accuracy, FD and coverage of ``n`` samples per guidance scale (None: 1, 2, 4; see the module docstring). ``run_dir`` is a
     diffusion run or a GAN/VAE baseline run on audio data (unconditional: one row, its coverage)."""
+    from undiffuse.errors import UserError
+
+    given = [o for o, v in (("--sampler", sampler), ("--steps", steps)) if v is not None]
     info, name, step, model_kind, sampler, steps, conditional, draw = _open_audio_run(run_dir, sampler, steps, device)
+    if model_kind != "diffusion" and given:
+        raise UserError(f"a {model_kind.upper()} baseline has no sampler or steps — drop {' and '.join(given)}")
+    if not conditional and guidance is not None:
+        raise UserError(f"{run_dir} is unconditional, so guidance does not apply — drop --guidance (or train with "
+                        "--cond class)")  # fmt: skip
+    guidance = (1.0, 2.0, 4.0) if guidance is None else tuple(guidance)
     rate = int(info.extra["audio"]["rate"])
     if not name.endswith(":spoken-digits"):
         raise ValueError(f"audio evaluation needs the spoken digits (a digit classifier); {name} has no digits")
