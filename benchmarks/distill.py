@@ -102,7 +102,7 @@ def _save(dataset: str, result: dict, teacher_row=None, methods=(), rows=()) -> 
     teach = [r for r in old.get("teacher_rows", [])
              if teacher_row is None or (r["sampler"], r["steps"]) != (teacher_row["sampler"], teacher_row["steps"])]
     teach += [teacher_row] if teacher_row is not None else []
-    students = [r for r in old.get("student_rows", []) if r["who"].split()[0] not in methods] + list(rows)
+    students = [r for r in old.get("student_rows", []) if r["who"] not in methods] + list(rows)
     allr[dataset] = {**old, **result, "teacher_rows": teach, "student_rows": students}
     write_json(RESULTS / "distill.json", allr)
     if dataset == "fmnist":
@@ -122,7 +122,7 @@ def _distill_timed(teacher: str, out: Path, method: str, steps: int, start: int,
 
 
 def student_rows(teacher: str, work: Path, method: str, steps: int, start: int, score, n: int,
-                 overrides: list[str]) -> list[dict]:  # fmt: skip
+                 overrides: list[str], who: str) -> list[dict]:  # fmt: skip
     import undiffuse.api as api
     from undiffuse.runs import saved_config
     from undiffuse.training.distill import progressive_rounds
@@ -139,7 +139,7 @@ def student_rows(teacher: str, work: Path, method: str, steps: int, start: int, 
             model, cost = api.load(out, step), cpu * rnd / len(rounds)
         else:
             model, cost = api.load(out), cpu
-        rows.append(_row(model, score, n, None, k, who=f"{method} student", distill_step=model.step,
+        rows.append(_row(model, score, n, None, k, who=who, distill_step=model.step,
                          distill_cpu_s=round(cost, 1)))  # fmt: skip
     return rows
 
@@ -195,6 +195,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="progressive,consistency", help="comma-separated; 'none' for none")
     ap.add_argument("--start-steps", type=int, default=64, help="progressive: the teacher's DDIM steps of round 1")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="student config overrides")
+    ap.add_argument("--label", default=None, help="the rows' model label (default 'METHOD student'); rows of other "
+                    "labels are kept, those of this one replaced")
     ap.add_argument("--no-teacher", action="store_true", help="skip the teacher rows and cost")
     ap.add_argument("--teacher-rows", default=TEACHER_ROWS, help=f"sampler:steps,… (default {TEACHER_ROWS})")
     ap.add_argument("--no-cost", action="store_true", help="skip measuring the teacher's training cost")
@@ -219,10 +221,12 @@ def main(argv=None) -> int:
     methods = [m for m in args.methods.split(",") if m and m != "none"]
     for method in methods:
         load0 = os.getloadavg()[0]
-        rows = student_rows(args.teacher, Path(args.work), method, steps, args.start_steps, score, n, args.overrides)
+        who = args.label or f"{method} student"
+        rows = student_rows(args.teacher, Path(args.work), method, steps, args.start_steps, score, n, args.overrides, who)
         settings = {"steps": steps, "overrides": args.overrides, "load_avg": [load0, os.getloadavg()[0]],
                     **({"start_steps": args.start_steps} if method == "progressive" else {})}  # fmt: skip
-        _save(args.dataset, {**result, f"{method}_settings": settings}, methods=(method,), rows=rows)
+        key = f"{who} settings" if args.label else f"{method}_settings"
+        _save(args.dataset, {**result, key: settings}, methods=(who,), rows=rows)
     return 0
 
 

@@ -48,6 +48,60 @@ def test_progressive_target_is_two_teacher_ddim_steps():
         torch.testing.assert_close(target[i], closed, rtol=1e-12, atol=1e-12)
 
 
+def _oracle_model(schedule: str = "cosine"):
+    """What TeacherPool reads of a run, around the exact Gaussian denoiser (no clipping)."""
+    from types import SimpleNamespace
+
+    from undiffuse.schedules import make_schedule
+
+    cfg = SimpleNamespace(model=SimpleNamespace(class_cond=False, text_cond=False), diffusion=SimpleNamespace(clip=None))
+    return SimpleNamespace(schedule=make_schedule(schedule, 1000), data=SimpleNamespace(shape=(3,)), config=cfg,
+                           denoiser=GaussianOracle(M, S))  # fmt: skip
+
+
+def test_teacher_pool_targets_land_on_the_teachers_ode_solution(tmp_path):
+    """Accurate-teacher targets with the exact Gaussian teacher: the stored states are those of one run of the
+    registry's unipc over the 16-step grid (its output, and the states it holds at the 4-step grid's points);
+    for the rounds of 4, 2 and 1 steps, one student DDIM step with x̂_0 = ddim_target lands exactly on the
+    teacher's multi-step solution; and that solution is the PF-ODE's, (x − m)/√(S² + σ²) = const, up to the
+    solver's error, far below that of two DDIM steps."""
+    from undiffuse.config import DistillConfig
+    from undiffuse.losses.distill import ddim_target
+    from undiffuse.training.distill import TeacherPool
+
+    d = DistillConfig(method="progressive", teacher_solver="unipc", teacher_steps=16, pool=40)
+    pool = TeacherPool(_oracle_model(), d, 4, seed=7)
+    x = pool.load_or_make(tmp_path / "pool.safetensors", torch.device("cpu"), batch=16).double()
+    sig = pool.sigmas
+    assert x.shape == (40, 5, 3) and torch.equal(sig, pool.fine[::4]) and sig[-1] == 0
+    held = {}
+    out = run_sampler("unipc", GaussianOracle(M, S), x[:, 0], pool.fine, callback=lambda c: held.setdefault(c["i"], c["x"]))
+    torch.testing.assert_close(out, x[:, 4], rtol=1e-5, atol=1e-5)
+    for k in range(1, 4):
+        torch.testing.assert_close(held[4 * k - 1], x[:, k], rtol=1e-5, atol=1e-5)
+    j = torch.arange(40)
+    for m in (1, 2, 4):  # the rounds of 4, 2 and 1 steps
+        for i in range(4 // m):
+            xi, xn, s, sn = (v.double() for v in pool.pairs(j, torch.full((40,), i), m))
+            target = ddim_target(xi, xn, s, sn)
+            one = sample_ddim(lambda x_, s_, t=target: t, xi, torch.stack([s[0], sn[0]]))
+            torch.testing.assert_close(one, xn, rtol=1e-10, atol=1e-10)
+    exact = M + (x[:, 0] - M) * S / torch.sqrt(S**2 + sig[0] ** 2)  # the ODE's endpoint at σ = 0
+    err = (x[:, 4] - exact).abs().max().item()
+    two_ddim = sample_ddim(GaussianOracle(M, S), x[:, 0], torch.stack([sig[0], sig[2], sig[4]]))
+    assert err < 0.05 * S and err < 0.1 * (two_ddim - exact).abs().max().item()
+    again = TeacherPool(_oracle_model(), d, 4, seed=7).load_or_make(tmp_path / "pool.safetensors", torch.device("cpu"))
+    assert torch.equal(again.double(), x)  # a resumed run reads the same pool back
+    with pytest.raises(Exception, match="not a multiple"):
+        TeacherPool(_oracle_model(), replace_(d, teacher_steps=6), 4, seed=7)
+
+
+def replace_(d, **kw):
+    from dataclasses import replace
+
+    return replace(d, **kw)
+
+
 def test_ddim_step_per_example_matches_the_sampler():
     """The per-example step used by both objectives is the registry's DDIM step."""
     teacher = GaussianOracle(M, S)
@@ -140,16 +194,22 @@ def _weights(run):
     return ck.step, ck.model, ck.ema
 
 
-@pytest.mark.parametrize("method", ["progressive", "consistency"])
+@pytest.mark.parametrize("method", ["progressive", "consistency", "progressive-pool"])
 def test_distill_resume_is_exact(tiny_run, tmp_path, method):
     """6 steps in one go = 4 steps, then --resume to 6, bit for bit (progressive: rounds of 3 steps, so the
-    resume falls inside the second round, whose teacher — the EMA at step 3 — comes back from the run)."""
+    resume falls inside the second round, whose teacher — the EMA at step 3 — comes back from the run; with
+    accurate-teacher targets the teacher pool comes back instead)."""
     from undiffuse.training.distill import distill
 
-    kw = dict(target_steps=1, start_steps=4, overrides=[*FP32, "distill.round_steps=3"], progress=False)
+    pool = ["distill.teacher_solver=unipc", "distill.teacher_steps=8", "distill.pool=12"] if "pool" in method else []
+    kw = dict(target_steps=1, start_steps=4, overrides=[*FP32, "distill.round_steps=3", *pool], progress=False)
+    method = method.split("-")[0]
     distill(tiny_run, tmp_path / "a", method, steps=6, **kw)
     distill(tiny_run, tmp_path / "b", method, steps=4, **kw)
-    if method == "progressive":
+    if pool:
+        assert (tmp_path / "b" / "teacher_pool.safetensors").is_file()
+        assert not (tmp_path / "b" / "round_teacher.safetensors").exists()
+    elif method == "progressive":
         assert (tmp_path / "b" / "round_teacher.safetensors").is_file()
     distill(None, tmp_path / "b", steps=6, resume=True, progress=False)
     (sa, ma, ea), (sb, mb, eb) = _weights(tmp_path / "a"), _weights(tmp_path / "b")

@@ -262,6 +262,10 @@ class DistillConfig:
     cd_steps: the consistency discretization N (teacher ODE steps between σ_min and σ_max, Karras grid);
     huber_c: the pseudo-Huber constant c per √dim (iCT: 0.00054·√d); p_mean, p_std: iCT's log-normal
     density of the noise level σ of a training pair.
+    teacher_solver: progressive only — "" for Salimans & Ho's targets (two DDIM steps of the round's teacher), or
+    a sampler of the registry (e.g. ``unipc``) for accurate-teacher targets: every round learns the first
+    teacher's own ODE solution, ``teacher_steps`` steps of that sampler over the whole grid, precomputed once for
+    ``pool`` starting noises (:class:`undiffuse.training.distill.TeacherPool`).
     """
 
     method: str = ""
@@ -275,9 +279,13 @@ class DistillConfig:
     huber_c: float = 0.00054
     p_mean: float = -1.1
     p_std: float = 2.0
+    teacher_solver: str = ""
+    teacher_steps: int = 16
+    pool: int = 2048
 
     def __post_init__(self) -> None:
         _choice(self, "method", ("", "progressive", "consistency"))
+        _positive(self, "teacher_steps", "pool")
         _choice(self, "grid", ("trailing", "leading", "uniform"))
         _positive(self, "target_steps", "start_steps", "p_std")
         _positive(self, "teacher_step", "round_steps", "huber_c", allow_zero=True)

@@ -19,7 +19,7 @@ from undiffuse.diffusion.precond import append_dims, denoise
 from undiffuse.losses.denoising import mean_flat
 from undiffuse.samplers.common import to_d
 
-__all__ = ["ddim_step", "progressive_target", "progressive_loss", "pseudo_huber", "consistency_loss",
+__all__ = ["ddim_step", "ddim_target", "progressive_target", "progressive_loss", "pseudo_huber", "consistency_loss",
            "lognormal_pairs"]  # fmt: skip
 
 
@@ -41,7 +41,16 @@ def progressive_target(
 
     All σ are [B] with σ > σ' > σ'' ≥ 0."""
     x_mid = ddim_step(teacher, x, sigma, sigma_mid, cond)
-    x_next = ddim_step(teacher, x_mid, sigma_mid, sigma_next, cond)
+    return ddim_target(x, ddim_step(teacher, x_mid, sigma_mid, sigma_next, cond), sigma, sigma_next)
+
+
+def ddim_target(x: torch.Tensor, x_next: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    """The x̂_0 for which one DDIM step σ → σ'' from x lands on x_next: x_next = x̃ + (σ''/σ)(x − x̃), so
+
+        x̃ = (x_next − (σ''/σ)·x) / (1 − σ''/σ)     (x̃ = x_next − σ''·n at σ = ∞, where x holds n).
+
+    Salimans & Ho 2022, Alg. 2, for any x_next: two teacher DDIM steps (:func:`progressive_target`) or the
+    teacher's own many-step ODE solution (accurate-teacher targets). ``sigma``, ``sigma_next``: [B], σ > σ''."""
     s, s2 = append_dims(sigma, x), append_dims(sigma_next, x)
     ratio = torch.where(torch.isinf(s), torch.zeros_like(s), s2 / s)
     finite = (x_next - ratio * x) / (1 - ratio)

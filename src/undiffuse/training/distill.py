@@ -15,6 +15,10 @@ an objective of this module. Its config records the teacher (``distill`` section
   on the student's grid of N steps (N = start_steps/2, then halved each round down to target_steps); the teacher
   of round r ≥ 1 is the student's EMA at the round's first step (saved as ``round_teacher.safetensors`` so a
   resumed run uses the same one). The student samples with DDIM on its own grid.
+  With ``distill.teacher_solver`` (accurate-teacher targets) every round's target is instead the first teacher's
+  own ODE solution over the student's interval — ``teacher_steps`` steps of that sampler over the whole grid,
+  precomputed once for ``distill.pool`` starting noises (:class:`TeacherPool`) — so errors do not compound
+  over rounds and no round teacher is kept.
 - ``consistency`` (Song et al. 2023, Alg. 2; iCT's pseudo-Huber metric, 1/Δσ weights, log-normal σ and
   θ⁻ = stopgrad θ): the student is the consistency function f_θ (:class:`~undiffuse.diffusion.consistency.ConsistencyFunction`)
   and samples with the ``consistency`` sampler (multistep consistency sampling).
@@ -42,20 +46,29 @@ from undiffuse.data.kinds import kind_of
 from undiffuse.diffusion.precond import append_dims
 from undiffuse.errors import UserError
 from undiffuse.io import atomic_path
-from undiffuse.losses.distill import consistency_loss, lognormal_pairs, progressive_loss, progressive_target
+from undiffuse.losses.distill import (
+    consistency_loss,
+    ddim_target,
+    lognormal_pairs,
+    progressive_loss,
+    progressive_target,
+)
 from undiffuse.model import Model, load
+from undiffuse.rng import derive_seed, sample_generators, starting_noise
 from undiffuse.runs import saved_config
+from undiffuse.samplers import registry
 from undiffuse.sampling import guided_denoiser
 from undiffuse.schedules.grids import make_sigmas
 from undiffuse.training.keyed import StepDraws
 from undiffuse.training.trainer import TrainSummary, train
 
-__all__ = ["METHODS", "distill", "student_config", "progressive_rounds", "ProgressiveObjective",
+__all__ = ["METHODS", "distill", "student_config", "progressive_rounds", "TeacherPool", "ProgressiveObjective",
            "ConsistencyObjective", "make_objective"]  # fmt: skip
 
 METHODS = ("progressive", "consistency")
 PathLike = Union[str, os.PathLike]
 ROUND_TEACHER = "round_teacher.safetensors"
+TEACHER_POOL = "teacher_pool.safetensors"
 
 
 def progressive_rounds(start_steps: int, target_steps: int) -> list[int]:
@@ -80,6 +93,78 @@ def _uniform(t: torch.Tensor, T: int) -> torch.Tensor:
     return (t.double() - 0.5) / T
 
 
+class TeacherPool:
+    """The teacher's probability-flow ODE solutions for accurate-teacher targets, computed once per student.
+
+    For starting noises n_j (j < ``d.pool``, each from its own generator keyed to (seed, "distill-pool", j)) the
+    states x_j(σ_k) at the points σ_0 > … > σ_N = 0 of the first round's N-step grid: x_j(σ_0) = σ_0·n_j, and
+    one run of the registry sampler ``d.teacher_solver`` over the nested ``d.teacher_steps``-step grid gives the
+    others — the state it holds at each σ_k (its callback's x; for ``unipc`` before UniC corrects it at the next
+    evaluation) and its output at σ_N = 0. One run keeps the multistep solvers' history across the σ_k: solving
+    each interval on its own restarts them at first order (on N(m, s²) data and the cosine schedule, 4×4 unipc
+    steps are then 3× less accurate than 16 in one run). Interval i of a round of M = N/m steps spans σ_{im} → σ_{(i+1)m};
+    one student DDIM step from x_j(σ_{im}) lands on x_j(σ_{(i+1)m}) exactly when its x̂_0 is
+    :func:`~undiffuse.losses.distill.ddim_target` of the two (Salimans & Ho 2022, Alg. 2, with the teacher's
+    accurate solution in place of its two DDIM steps; for the 1-step round this is Luhman & Luhman 2021's
+    knowledge distillation). Kept in ``STUDENT/teacher_pool.safetensors``, so a resumed run reuses it.
+    """
+
+    def __init__(self, teacher: Model, d: DistillConfig, n_steps: int, seed: int) -> None:
+        if d.teacher_solver not in registry.SPECS:
+            raise UserError(f"distill.teacher_solver = {d.teacher_solver!r} is not a sampler — choose one of "
+                            f"{', '.join(registry.SPECS)} (e.g. unipc), or '' for two DDIM steps")  # fmt: skip
+        if teacher.config.model.class_cond or teacher.config.model.text_cond:
+            raise UserError("accurate-teacher targets (distill.teacher_solver) need an unconditional teacher — "
+                            "unset distill.teacher_solver for a conditional one")  # fmt: skip
+        if d.teacher_steps % n_steps:
+            raise UserError(f"distill.teacher_steps = {d.teacher_steps} is not a multiple of the first round's "
+                            f"{n_steps} steps — e.g. {4 * n_steps}")  # fmt: skip
+        self.teacher, self.d, self.n_steps, self.seed = teacher, d, n_steps, seed
+        fine = make_sigmas(teacher.schedule, d.teacher_steps, d.grid)
+        self.sigmas = fine[:: d.teacher_steps // n_steps]  # σ_0 … σ_N, the first round's grid
+        if not torch.allclose(self.sigmas, make_sigmas(teacher.schedule, n_steps, d.grid)):
+            raise UserError(f"the {d.grid} grids of {d.teacher_steps} and {n_steps} steps are not nested on this "
+                            f"schedule — choose distill.teacher_steps = {n_steps}·2^k")  # fmt: skip
+        self.fine = fine
+        self.x: Optional[torch.Tensor] = None  # [pool, N + 1, *shape]
+
+    def solve(self, rows: range, device: torch.device) -> torch.Tensor:
+        """The states [len(rows), N + 1, *shape] of trajectories ``rows``."""
+        den = guided_denoiser(self.teacher, self.teacher.denoiser)
+        gens = sample_generators(derive_seed(self.seed, "distill-pool"), list(rows), device)
+        x = starting_noise(gens, self.teacher.data.shape, self.sigmas[0], device)
+        per = self.d.teacher_steps // self.n_steps
+        states = [x] + [None] * self.n_steps
+
+        def keep(step: dict) -> None:  # the state after the teacher's step i, at σ_{(i+1)/per} of the N-step grid
+            if (step["i"] + 1) % per == 0:
+                states[(step["i"] + 1) // per] = step["x"].clone()
+
+        with torch.no_grad():
+            states[-1] = registry.sample(self.d.teacher_solver, den, x, self.fine.to(device), callback=keep)
+        return torch.stack(states, 1).float()
+
+    def load_or_make(self, path: Path, device: torch.device, batch: int = 256) -> torch.Tensor:
+        """The pool from ``path`` if it was made with these settings, else solved now and saved there."""
+        meta = {"solver": self.d.teacher_solver, "steps": str(self.d.teacher_steps), "pool": str(self.d.pool),
+                "n_steps": str(self.n_steps), "seed": str(self.seed), "teacher": self.d.teacher}  # fmt: skip
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}) == meta:
+                    self.x = f.get_tensor("x").to(device)
+                    return self.x
+        self.x = torch.cat([self.solve(range(a, min(a + batch, self.d.pool)), device)
+                            for a in range(0, self.d.pool, batch)])  # fmt: skip
+        with atomic_path(path) as tmp:
+            save_file({"x": self.x.cpu().contiguous()}, tmp, metadata=meta)
+        return self.x
+
+    def pairs(self, j: torch.Tensor, i: torch.Tensor, m: int) -> tuple[torch.Tensor, ...]:
+        """(x, x_next, σ, σ_next) of trajectories ``j`` on intervals ``i`` of the round of N/m steps."""
+        s = self.sigmas.to(self.x.device)
+        return self.x[j, i * m], self.x[j, (i + 1) * m], s[i * m], s[(i + 1) * m]
+
+
 class ProgressiveObjective:
     """Progressive distillation's loss (Salimans & Ho 2022, Alg. 2) as a trainer objective."""
 
@@ -88,6 +173,7 @@ class ProgressiveObjective:
         self.teacher_model, self.run_dir = teacher, Path(run_dir)
         self.rounds = progressive_rounds(self.d.start_steps, self.d.target_steps)
         self.round, self.teacher, self.fine = -1, None, None
+        self.pool = TeacherPool(teacher, self.d, self.rounds[0], cfg.train.seed) if self.d.teacher_solver else None
         self.student: Optional[nn.Module] = None
         self.ema_net: Optional[nn.Module] = None
 
@@ -96,6 +182,8 @@ class ProgressiveObjective:
         self.teacher_model.denoiser.to(device)
         _copy_teacher(self.teacher_model, precond, ema_net)
         self.student, self.ema_net = precond, ema_net
+        if self.pool is not None:
+            self.pool.load_or_make(self.run_dir / TEACHER_POOL, device)
 
     def round_of(self, step: int) -> int:
         return min(step // max(self.d.round_steps, 1), len(self.rounds) - 1)
@@ -120,8 +208,15 @@ class ProgressiveObjective:
 
     def losses(self, step: int, student, x0: torch.Tensor, draws: StepDraws, cond: dict) -> torch.Tensor:
         """Per-example loss of ``step``: the student's N-step DDIM grid of this round, an interval i drawn
-        from the keyed t, x = x_0 + σ_i·noise, and the two-teacher-step target."""
+        from the keyed t, x = x_0 + σ_i·noise, and the two-teacher-step target; with a teacher pool, trajectory j
+        drawn from the keyed u_label and its states at the interval's ends instead (x_0 and noise unused)."""
         r = self.round_of(step)
+        if self.pool is not None:
+            m = self.rounds[0] // self.rounds[r]
+            i = _draw_index(draws.t, self.teacher_model.schedule.T, self.rounds[r]).to(self.pool.x.device)
+            j = (draws.u_label.double() * self.d.pool).long().clamp(max=self.d.pool - 1).to(self.pool.x.device)
+            x, x_next, sigma, nxt = (v.to(x0.device) for v in self.pool.pairs(j, i, m))
+            return progressive_loss(student, ddim_target(x, x_next, sigma, nxt), x, sigma, cond)
         if r != self.round:
             self._enter_round(r, x0.device)
         fine = self.fine  # the teacher's 2N steps
@@ -178,6 +273,8 @@ def make_objective(cfg: RunConfig, run_dir: PathLike, device: Union[str, torch.d
     d = cfg.distill
     if d.method not in METHODS:
         raise UserError(f"{run_dir} is not a distilled student (no distill.method) — pass a run made by `undiffuse distill`")
+    if d.teacher_solver and d.method != "progressive":
+        raise UserError("distill.teacher_solver (accurate-teacher targets) is for --method progressive — unset it")
     teacher = load(d.teacher, d.teacher_step or None, ema=True, device=device or "cpu")
     if d.method == "progressive":
         return ProgressiveObjective(cfg, teacher, run_dir)
