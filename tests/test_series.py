@@ -179,3 +179,105 @@ def test_seqnet_reads_windows_time_major_and_builds_only_for_series(tmp_path):
     with pytest.raises(ConfigError, match="series"):
         build_denoiser(resolve_config("table:wine", overrides=["model.arch=seq"]),
                        DataInfo.from_dataset(load_dataset("table:wine", "train")))  # fmt: skip
+
+
+def test_conditioning_masks_mix_none_history_and_random_points():
+    from undiffuse.diffusion.conditional import conditioning_masks
+
+    L, C, n = 16, 2, 3000
+    m = conditioning_masks(n, L, C, torch.Generator().manual_seed(0))
+    assert m.dtype == torch.bool and m.shape == (n, L * C)
+    assert torch.equal(m, conditioning_masks(n, L, C, torch.Generator().manual_seed(0)))  # a function of the generator
+    steps = m.reshape(n, L, C)
+    none = ~m.any(1)
+    k = steps[:, :, 0].sum(1)
+    # a history split observes the first k < L steps of every channel (k = L: a random draw of all points)
+    prefix = (steps == (torch.arange(L)[None, :, None] < k[:, None, None])).all((1, 2)) & ~none & (k < L)
+    assert none.float().mean() == pytest.approx(1 / 3, abs=0.04)  # plus the rare all-empty random draw
+    assert prefix.float().mean() == pytest.approx(1 / 3, abs=0.04)  # plus the rare random draw that is a prefix
+    points = ~none & ~prefix
+    assert m[points].float().mean() == pytest.approx(0.5, abs=0.05)  # r ~ U(0, 1): about half observed (the empty draws left out)
+
+
+def _observed_net(L: int, C: int):
+    from undiffuse.diffusion.conditional import ObservedPrecond
+    from undiffuse.nn.seqnet import SeqNet
+    from undiffuse.schedules.discrete import make_schedule
+
+    torch.manual_seed(0)
+    net = SeqNet(L, C, hidden=16, depth=2, observed=True)
+    torch.nn.init.normal_(net.conv_out.weight)
+    return ObservedPrecond(net, L, C, "eps", make_schedule("cosine", 1000))
+
+
+def test_observed_precond_keeps_observed_values_and_feeds_them_to_the_network():
+    L, C = 8, 2
+    pre = _observed_net(L, C)
+    x, obs, sigma = torch.randn(3, L * C) * 2, torch.randn(3, L * C), torch.full((3,), 1.5)
+    m = torch.zeros(3, L * C, dtype=torch.bool)
+    m[:, : 5 * C] = True  # the first five steps observed
+    d = pre(x, sigma, obs=obs, obs_mask=m)
+    assert torch.equal(d[m], obs[m])  # observed cells exactly
+    x2 = torch.where(m, torch.randn_like(x) * 9, x)  # the state at observed cells is not an input
+    assert torch.equal(pre(x2, sigma, obs=obs, obs_mask=m), d)
+    obs2 = torch.where(m, obs + 1.0, obs)  # the observed values reach the network: the targets move
+    assert (pre(x, sigma, obs=obs2, obs_mask=m)[~m] - d[~m]).abs().min() > 0
+    assert torch.equal(pre(x, sigma), pre(x, sigma, obs=obs, obs_mask=torch.zeros_like(m)))  # no mask: unconditional
+
+
+def test_observed_loss_counts_only_the_unobserved_positions():
+    from undiffuse.diffusion.conditional import ObservedPrecond
+    from undiffuse.schedules.discrete import make_schedule
+
+    L, C, B = 8, 1, 64
+    seen = {}
+
+    class Stub(torch.nn.Module):  # F = a free parameter per cell; records the mask it was given
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.randn(B, L * C))
+
+        def forward(self, x, c_noise, obs=None, obs_mask=None):
+            seen["mask"] = obs_mask
+            return self.p * 1.0
+
+    sched = make_schedule("cosine", 1000)
+    pre = ObservedPrecond(Stub(), L, C, "eps", sched)
+    x0, noise, t = torch.randn(B, L * C), torch.randn(B, L * C), torch.randint(1, 1001, (B,))
+    loss = pre.example_loss(sched, x0, t, noise)
+    assert torch.equal(loss, pre.example_loss(sched, x0, t, noise))  # the masks are a function of the draws
+    loss.sum().backward()
+    g, m = pre.net.p.grad, seen["mask"]
+    assert g[m].abs().max() == 0 and (g[~m] != 0).all()
+    target = (~m).float()  # per example, the mean squared ε-error over the targets
+    expected = ((pre.net.p.detach() - noise) ** 2 * target).sum(1) / target.sum(1).clamp_min(1)
+    assert torch.allclose(loss, expected)
+
+
+def test_short_conditional_run_forecasts_through_its_input(tmp_path):
+    from undiffuse.config import resolve_config
+    from undiffuse.forecasting import forecast_paths
+    from undiffuse.model import load
+    from undiffuse.sampling import sample
+    from undiffuse.training import train
+
+    spec = _write_series(tmp_path / "r.csv", np.random.default_rng(2).standard_t(4, size=(400, 2)))
+    run = tmp_path / "run"
+    train(resolve_config(spec, overrides=["data.window=16", "model.arch=seq", "model.hidden=16", "model.depth=2",
+                                          "model.obs_cond=true", "train.steps=40", "train.batch_size=32"]), run,
+          progress=False)  # fmt: skip
+    m = load(run)
+    assert type(m.denoiser).__name__ == "ObservedPrecond"
+    n, W = 6, 32
+    known = torch.zeros(n, W, dtype=torch.bool)
+    known[:, :20] = True
+    x_known = torch.randn(n, W)
+    cond = {"known": known, "x_known": x_known, "obs": x_known, "obs_mask": known}
+    x = sample(m, n, 3, sampler="multinomial", steps=10, cond=cond)
+    assert torch.equal(x[known], x_known[known])  # the context comes back exactly
+    part = sample(m, 2, 3, sampler="multinomial", steps=10, cond={k: v[4:] for k, v in cond.items()}, indices=[4, 5])
+    assert torch.allclose(part, x[4:], atol=1e-5)  # sample i depends only on (seed, i)
+    context = np.random.default_rng(0).standard_normal((30, 2))
+    p = forecast_paths(m, context, 6, n=20, seed=0, steps=10)
+    assert p.shape == (20, 6, 2) and np.isfinite(p).all() and p.std(0).min() > 0
+    assert np.isfinite(sample(m, 4, 0, sampler="ddpm", steps=10).numpy()).all()  # m = 0: unconditional windows

@@ -153,7 +153,8 @@ def _seqnet(cfg: ModelConfig, info: DataInfo, num_classes: Optional[int], mult: 
     series = info.extra.get("series")
     if series is None or mult != 1:
         raise ConfigError("model.arch = seq needs series: data and no learned variance — use model.arch=auto")
-    return SeqNet(series["length"], len(series["channels"]), cfg.hidden, cfg.depth, cfg.emb_dim, num_classes, cfg.dropout)
+    return SeqNet(series["length"], len(series["channels"]), cfg.hidden, cfg.depth, cfg.emb_dim, num_classes, cfg.dropout,
+                  observed=cfg.obs_cond)
 
 
 def build_denoiser(cfg: RunConfig, info: DataInfo, schedule: Optional[Schedule] = None) -> Precond:
@@ -166,6 +167,11 @@ def build_denoiser(cfg: RunConfig, info: DataInfo, schedule: Optional[Schedule] 
     net = build_network(cfg.model, info, d.learned_variance)
     if info.kind == "table":  # the "mixed" process: Gaussian numbers + multinomial categories (TabDDPM)
         return _mixed(net, d, info, schedule)
+    if cfg.model.obs_cond:  # CSDI: the network reads the observed values (undiffuse.diffusion.conditional)
+        from undiffuse.diffusion.conditional import ObservedPrecond
+
+        series = info.extra["series"]
+        return ObservedPrecond(net, series["length"], len(series["channels"]), d.parameterization, schedule, d.sigma_data)
     try:
         precond = Precond(net, d.parameterization, schedule, d.learned_variance, d.sigma_data)
     except ValueError as e:
@@ -219,7 +225,7 @@ def architecture_signature(cfg: RunConfig, info: DataInfo) -> str:
         "num_classes": info.num_classes if cfg.model.class_cond else None,
         "learned_variance": cfg.diffusion.learned_variance,
     }
-    for k in ("text_cond", "sr_from", "mel_cond"):  # fields added later: at their defaults, old signatures still hold
+    for k in ("text_cond", "sr_from", "mel_cond", "obs_cond"):  # fields added later: at their defaults, old signatures still hold
         if not relevant["model"].get(k):
             relevant["model"].pop(k, None)
     if arch == "mlp":  # UNet-only fields do not change an MLP

@@ -1,7 +1,9 @@
 """Conditional forecasting with a series model: given the observed past of a window, sample its future —
-imputation of the window's last ``horizon`` steps, in the spirit of CSDI (Tashiro et al. 2021), done here by
-RePaint's replacement (Lugmayr et al. 2022) inside the ``multinomial`` sampler with no categories (on numbers
-alone it is DDPM ancestral sampling with Σ = β̃, the observed steps put back at every noise level).
+imputation of the window's last ``horizon`` steps, inside the ``multinomial`` sampler with no categories (on
+numbers alone it is DDPM ancestral sampling with Σ = β̃). A model trained on observed values (``model.obs_cond``,
+CSDI: Tashiro et al. 2021; :mod:`undiffuse.diffusion.conditional`) conditions through its input; any other
+model by RePaint's replacement (Lugmayr et al. 2022), the observed steps put back at every noise level. Either
+way they are put back at σ = 0, so the context comes back exactly.
 
 The model's window has L steps: the context is its first L − h steps (the last L − h observed values), the
 forecast its last h. Path i depends only on (seed, i).
@@ -40,6 +42,8 @@ def forecast_paths(model: Model, context: np.ndarray, horizon: int, n: int = 200
     x_known = torch.zeros(n, L, C)
     x_known[:, : L - horizon] = torch.from_numpy(past).float()
     cond = {"known": known.reshape(n, -1).to(model.device), "x_known": x_known.reshape(n, -1).to(model.device)}
+    if model.config.model.obs_cond:  # the network reads the context itself (CSDI)
+        cond.update(obs=cond["x_known"], obs_mask=cond["known"])
     x = sample(model, n, seed, sampler="multinomial", steps=steps, cond=cond, batch_size=batch_size)
     return series_units(x, model.data)[:, L - horizon :]
 

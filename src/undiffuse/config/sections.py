@@ -95,6 +95,9 @@ class ModelConfig(UNetConfig, MLPConfig):
         input channels (e.g. 14 for 28×28 Fashion-MNIST); None for none.
     mel_cond: a diffusion vocoder (DiffWave's local conditioner, Kong et al. 2021 §3.2): the WaveNet also gets the
         log-mel spectrogram of the clip (:func:`undiffuse.data.audio.VOCODER_MEL`); sampled with ``--lowres CLIP.wav``.
+    obs_cond: CSDI's conditional training (Tashiro et al. 2021) of the sequence network: it also reads the observed
+        values of a window and their mask, trained with random masks
+        (:class:`undiffuse.diffusion.conditional.ObservedPrecond`); forecasts condition through the input.
     """
 
     arch: str = "auto"
@@ -102,6 +105,7 @@ class ModelConfig(UNetConfig, MLPConfig):
     text_cond: bool = False
     sr_from: Optional[int] = None
     mel_cond: bool = False
+    obs_cond: bool = False
 
     def __post_init__(self) -> None:
         for network in (UNetConfig, MLPConfig):
@@ -113,6 +117,8 @@ class ModelConfig(UNetConfig, MLPConfig):
         _positive(self, "sr_from")
         if self.mel_cond and self.arch != "wavenet":
             raise ConfigError("model.mel_cond (a diffusion vocoder) needs model.arch=wavenet — set it, or unset mel_cond")
+        if self.obs_cond and self.arch != "seq":
+            raise ConfigError("model.obs_cond (CSDI conditioning) needs model.arch=seq — set it, or unset obs_cond")
         if self.class_cond and self.text_cond:
             raise ConfigError("model.class_cond and model.text_cond are exclusive — captions already carry the class; set one")
 
