@@ -321,6 +321,26 @@ def test_atomic_writes_get_the_mode_a_plain_write_would(tmp_path, umask):
         assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
 
 
+def test_a_sample_stream_writes_whole_or_not_at_all(tmp_path):
+    """A streamed .npy appears only when every batch is written; an aborted one (an error, Ctrl-C) leaves the
+    previous file byte for byte and no temporary file."""
+    import numpy as np
+
+    from undiffuse.build import DataInfo
+    from undiffuse.data.kinds import SampleStream
+
+    info, out = DataInfo(name="toy:8gaussians", kind="vector", shape=(2,)), tmp_path / "x.npy"
+    with SampleStream(out, info, 4) as stream:
+        stream(0, torch.ones(2, 2))
+        stream(2, torch.full((2, 2), 2.0))
+    assert np.load(out).tolist() == [[1, 1], [1, 1], [2, 2], [2, 2]]
+    before = out.read_bytes()
+    with pytest.raises(KeyboardInterrupt), SampleStream(out, info, 4) as stream:
+        stream(0, torch.zeros(2, 2))
+        raise KeyboardInterrupt
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+
+
 # --- 11. what is echoed and what is read ---------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
-__all__ = ["cache_root", "write_npy", "atomic_path", "atomic_write", "write_text", "write_json", "jsonable", "is_temp_name",
+__all__ = ["cache_root", "write_npy", "temp_beside", "commit_temp", "atomic_path", "atomic_write", "write_text", "write_json", "jsonable", "is_temp_name",
            "remove_stale_temps"]  # fmt: skip
 
 PathLike = Union[str, os.PathLike]
@@ -45,20 +45,36 @@ def _create_temp(path: Path) -> str:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+def temp_beside(path: PathLike) -> str:
+    """A new empty temporary file beside ``path`` (its folder created), for :func:`commit_temp`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(path)
+    return _create_temp(path)
+
+
+def commit_temp(tmp: str, path: PathLike, ok: bool = True) -> None:
+    """Finish a :func:`temp_beside` file: if ``ok``, flush it to disk and move it onto ``path`` atomically;
+    otherwise (or if that fails) remove it, leaving ``path`` as it was."""
     try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if ok:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    tmp = temp_beside(path)
+    ok = False
+    try:
+        yield tmp
+        ok = True
+    finally:
+        commit_temp(tmp, path, ok)
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:

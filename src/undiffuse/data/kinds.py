@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from undiffuse.data.errors import DataError
-from undiffuse.io import atomic_path, write_npy
+from undiffuse.io import atomic_path, commit_temp, temp_beside, write_npy
 
 __all__ = ["DataKind", "KINDS", "PROCESSES", "kind_of", "output_type", "check_output", "save_samples", "SampleStream"]
 
@@ -226,16 +226,15 @@ class SampleStream:
         if self.typ not in (".npy", "dir"):
             raise DataError(f"streaming writes .npy or a directory, not {self.typ} — use save_samples for grids")
         self.path, self.data, self.n, self.arr = Path(path), data, n, None
-        self._ctx = None
+        self._tmp: Optional[str] = None
         if self.typ == ".npy":
             c, *rest = data.shape
             shape = (n, *rest, c) if data.kind == "image" else (n, *data.shape)
             if data.kind == "mel":  # written as the vocoded waveforms [n, L]
                 shape = (n, data.extra["audio"]["length"])
-            self._ctx = atomic_path(self.path)
-            tmp = self._ctx.__enter__()
+            self._tmp = temp_beside(self.path)
             dtype = (np.uint16 if _bits(data) == 16 else np.uint8) if data.kind == "image" else np.float32
-            self.arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            self.arr = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=dtype, shape=shape)
 
     def __call__(self, start: int, x: torch.Tensor) -> None:
         if self.arr is None:
@@ -251,15 +250,11 @@ class SampleStream:
             self.arr[start : start + len(x)] = x.float().cpu().numpy()
 
     def close(self, ok: bool = True) -> Path:
-        if self._ctx is not None:
+        if self._tmp is not None:
             self.arr.flush()
             self.arr = None  # closes the memory map
-            exc = (None, None, None) if ok else (RuntimeError, RuntimeError("aborted"), None)
-            ctx, self._ctx = self._ctx, None
-            try:
-                ctx.__exit__(*exc)
-            except RuntimeError:
-                pass
+            tmp, self._tmp = self._tmp, None
+            commit_temp(tmp, self.path, ok)  # ok: moved onto path; aborted: removed, path untouched
         return self.path
 
     def __enter__(self) -> "SampleStream":
