@@ -109,6 +109,7 @@ class MaskedDenoiser(nn.Module):
     x_θ, with the trainer's per-example loss (:meth:`example_loss`: the continuous-time ELBO in nats per token)."""
 
     process = "masked"
+    stratified_t = True  # the trainer draws the t of a batch low-discrepancy (MDLM Sec. 3.5; training.keyed)
 
     def __init__(self, net: nn.Module, schedule: MaskingSchedule, vocab: int) -> None:
         super().__init__()

@@ -26,7 +26,7 @@ import torch
 from undiffuse.rng import derive_seed
 from undiffuse.rng import generator as _generator
 
-__all__ = ["StepDraws", "draw_step", "example_indices", "shard_positions", "seed_dropout"]
+__all__ = ["StepDraws", "draw_step", "stratified_uniforms", "example_indices", "shard_positions", "seed_dropout"]
 
 
 def example_indices(seed: int, step: int, batch: int, n: int, _cache: Optional[dict] = None) -> torch.Tensor:
@@ -58,14 +58,26 @@ class StepDraws:
         return StepDraws(self.t[pos], self.noise[pos], self.u_label[pos])
 
 
+def stratified_uniforms(u: torch.Tensor, batch: int) -> torch.Tensor:
+    """Low-discrepancy times of one global batch (Kingma et al. 2021, App. I; MDLM Sec. 3.5): from one uniform
+    u ∈ [0, 1), the B values (u + j/B) mod 1, j = 0..B−1 — each uniform on [0, 1) (an unbiased t per example),
+    together exactly one in each stratum [k/B, (k+1)/B)."""
+    j = torch.arange(batch, device=u.device, dtype=torch.float64)
+    return torch.remainder(u.double() + j / batch, 1.0)
+
+
 def draw_step(
     seed: int, step: int, batch: int, shape: tuple[int, ...], T: int, device: torch.device | str = "cpu",
-    stream: str = "step",
+    stream: str = "step", stratified: bool = False,
 ) -> StepDraws:  # fmt: skip
     """The draws of the whole global batch of ``step``: t uniform on {1..T}, standard normal noise,
-    label-dropout uniforms, from one generator seeded by (seed, stream, step) on ``device``."""
+    label-dropout uniforms, from one generator seeded by (seed, stream, step) on ``device``. ``stratified``:
+    the t of the batch are :func:`stratified_uniforms` of the generator's first uniform (the other draws, and
+    the non-stratified t, are unchanged)."""
     g = _generator(derive_seed(seed, stream, step), device)
     u_t = torch.rand(batch, generator=g, device=device, dtype=torch.float64)
+    if stratified:
+        u_t = stratified_uniforms(u_t[0], batch)
     t = (u_t * T).long().clamp(0, T - 1) + 1
     noise = torch.randn((batch, *shape), generator=g, device=device)
     u_label = torch.rand(batch, generator=g, device=device)

@@ -155,7 +155,8 @@ class StepEngine:
         tc, ctx = self.cfg.train, self.ctx
         B = tc.batch_size
         idx = example_indices(tc.seed, step, B, len(self.x), self._perm_cache)
-        draws = draw_step(tc.seed, step, B, self.info.shape, self.schedule.T, ctx.device)
+        draws = draw_step(tc.seed, step, B, self.info.shape, self.schedule.T, ctx.device,
+                          stratified=getattr(self.precond, "stratified_t", False))  # the masked process: MDLM Sec. 3.5
         # captions of the whole global batch, keyed to (seed, step, position) like the draws
         captions = self.text.draw(tc.seed, step, self.y[idx.to(self.y.device)]) if self.text is not None else None
         self.optimizer.zero_grad(set_to_none=True)
