@@ -40,6 +40,70 @@ def _steps(run: str) -> list[int]:
     return sorted(int(p.name.split("_")[1]) for p in list_checkpoints(Path(run)))
 
 
+def _curve(name: str, run: str, cs, a) -> list[dict]:
+    steps, out = _steps(run), []
+    for s in steps:
+        m = undiffuse.load(run, checkpoint=s, device="cpu")
+        r = text_nll(m, text_eval_data(m, n=a.n_eval), n_t=a.n_t)
+        r.update(model=name, step=s, cpu_seconds=None if cs is None else cs * s / steps[-1])
+        out.append(r)
+        print(json.dumps(r), flush=True)
+    return out
+
+
+def _sample_row(name: str, model, ar, k, order: str, top_p: float, n: int) -> tuple[dict, str]:
+    info: dict = {}
+    t0, c0 = time.perf_counter(), time.process_time()
+    ids = sample_text(model, n, seed=0, steps=k, order=order if name == "mdlm" else "ancestral", info=info, top_p=top_p)
+    wall, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    s = texts(model, ids)
+    row = {"model": name, "steps": k, "order": order, "top_p": top_p, "nfe": info["nfe"], "chars_per_s": ids.numel() / wall,
+           "chars_per_cpu_s": ids.numel() / cpu_s, **text_stats(s), "gen_ppl": gen_ppl(ar, ids)}  # fmt: skip
+    print(json.dumps(row), flush=True)
+    nucleus = "" if top_p >= 1 else f", nucleus p = {top_p}"
+    return row, f"### {name}, {order}{'' if k is None else f', K = {k}'}{nucleus}\n\n" + "\n\n".join(s[:2])
+
+
+def _part(a, part: str) -> dict:
+    """One part of the benchmark (``ar``: everything of the baseline alone; ``mdlm-bits``: the diffusion model's
+    curve and discrete bounds; ``mdlm-samples``: its samples and infilling) — parts can run at the same time."""
+    cpu = [float(c) for c in a.cpu_seconds.split(",")] if a.cpu_seconds else [None, None]
+    res: dict = {"curve": [], "samples": [], "shown": [], "infill": {}}
+    ar = undiffuse.load(a.ar, device="cpu")
+    x = text_eval_data(ar, n=a.n_eval)
+    tops = [float(p) for p in a.top_p.split(",") if p]
+    if part == "ar":
+        res["curve"] = _curve("ar", a.ar, cpu[1], a)
+        real = texts(ar, x[: a.n_samples])
+        res["real"] = {**text_stats(real), "gen_ppl": gen_ppl(ar, x[: a.n_samples])}
+        for p in [1.0] + tops:
+            row, shown = _sample_row("ar", ar, ar, None, "left to right", p, a.n_samples)
+            res["samples"].append(row)
+            res["shown"].append(shown)
+        res["infill"]["ar"] = infill_scores(ar, x[:100], 16)
+    elif part == "mdlm-bits":
+        mdlm = undiffuse.load(a.mdlm, device="cpu")
+        res["curve"] = _curve("mdlm", a.mdlm, cpu[0], a)
+        res["discrete_bounds"] = [{"T": T, **text_nll(mdlm, x, n_t=a.n_t, T=T)} for T in _ints(a.discrete)]
+    elif part == "mdlm-samples":
+        mdlm = undiffuse.load(a.mdlm, device="cpu")
+        settings = [(k, "ancestral", 1.0) for k in _ints(a.ks)] + [(k, "confidence", 1.0) for k in _ints(a.confidence)]
+        settings += [(256, "ancestral", p) for p in tops]
+        for k, order, p in settings:
+            row, shown = _sample_row("mdlm", mdlm, ar, k, order, p, a.n_samples)
+            res["samples"].append(row)
+            res["shown"].append(shown)
+        res["infill"]["mdlm"] = infill_scores(mdlm, x[:100], 16)
+        print(json.dumps(res["infill"]), flush=True)
+    else:
+        raise SystemExit(f"unknown part {part!r}: ar, mdlm-bits, mdlm-samples or all")
+    return res
+
+
+def _ints(spec: str) -> list[int]:
+    return [int(k) for k in spec.split(",") if k]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mdlm", required=True)
@@ -48,51 +112,43 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=200, help="test windows for bits/char")
     ap.add_argument("--n-t", type=int, default=16)
     ap.add_argument("--n-samples", type=int, default=32)
-    ap.add_argument("--ks", default="16,64,256,1024")
+    ap.add_argument("--ks", default="16,64,256,1024", help="ancestral sampling steps of the diffusion rows")
+    ap.add_argument("--confidence", default="256", help="steps of the confidence-ordered rows ('' for none)")
+    ap.add_argument("--discrete", default="16,64,256", help="T of the discrete-time bounds ('' for none)")
+    ap.add_argument("--top-p", default="", help="nucleus rows (diffusion at K = 256 and the baseline), e.g. 0.9")
+    ap.add_argument("--part", default="all", help="all, or one of ar, mdlm-bits, mdlm-samples (written to OUT.PART.json); "
+                    "--part merge combines the three into OUT.json/.md")  # fmt: skip
     ap.add_argument("--out", default="benchmarks/results/text_lm")
     ap.add_argument("--samples-out", default="docs/text_samples.txt")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    cpu = [float(c) for c in a.cpu_seconds.split(",")] if a.cpu_seconds else [None, None]
-    t_start = time.process_time()
-    res: dict = {"device": "2-core AMD EPYC, torch " + torch.__version__, "load_avg_start": os.getloadavg(),
-                 "python": platform.python_version(), "undiffuse": undiffuse.__version__ if hasattr(undiffuse, "__version__") else "",
-                 "threads": 1, "runs": {"mdlm": a.mdlm, "ar": a.ar}, "curve": []}  # fmt: skip
-    final = {}
-    for name, run, cs in (("mdlm", a.mdlm, cpu[0]), ("ar", a.ar, cpu[1])):
-        steps = _steps(run)
-        for s in steps:
-            m = undiffuse.load(run, checkpoint=s, device="cpu")
-            x = text_eval_data(m, n=a.n_eval)
-            r = text_nll(m, x, n_t=a.n_t)
-            r.update(model=name, step=s, cpu_seconds=None if cs is None else cs * s / steps[-1])
-            res["curve"].append(r)
-            print(json.dumps(r), flush=True)
-        final[name] = undiffuse.load(run, device="cpu")
-    mdlm, ar = final["mdlm"], final["ar"]
-    x = text_eval_data(ar, n=a.n_eval)
-    res["discrete_bounds"] = [{"T": T, **text_nll(mdlm, x, n_t=a.n_t, T=T)} for T in (16, 64, 256)]
-    real = texts(ar, x[: a.n_samples])
-    res["real"] = {**text_stats(real), "gen_ppl": gen_ppl(ar, x[: a.n_samples])}
-    rows, shown = [], []
-    settings = [("mdlm", int(k), "ancestral") for k in a.ks.split(",")] + [("mdlm", 256, "confidence"), ("ar", None, "left to right")]
-    for name, k, order in settings:
-        model = final[name]
-        info: dict = {}
-        t0, c0 = time.perf_counter(), time.process_time()
-        ids = sample_text(model, a.n_samples, seed=0, steps=k, order=order if name == "mdlm" else "ancestral", info=info)
-        wall, cpu_s = time.perf_counter() - t0, time.process_time() - c0
-        s = texts(model, ids)
-        row = {"model": name, "steps": k, "order": order, "nfe": info["nfe"], "chars_per_s": ids.numel() / wall,
-               "chars_per_cpu_s": ids.numel() / cpu_s, **text_stats(s), "gen_ppl": gen_ppl(ar, ids)}  # fmt: skip
-        rows.append(row)
-        shown.append(f"### {name}, {order}{'' if k is None else f', K = {k}'}\n\n" + "\n\n".join(s[:2]))
-        print(json.dumps(row), flush=True)
-    res["samples"] = rows
-    res["infill"] = {name: infill_scores(final[name], x[:100], 16) for name in ("mdlm", "ar")}
-    print(json.dumps(res["infill"]), flush=True)
-    res["eval_cpu_seconds"] = time.process_time() - t_start
+    parts = ("ar", "mdlm-bits", "mdlm-samples")
+    if a.part in parts:
+        t0, load0 = time.process_time(), os.getloadavg()
+        r = _part(a, a.part)
+        r.update(eval_cpu_seconds=time.process_time() - t0, load_avg_start=load0, load_avg_end=os.getloadavg())
+        write_json(f"{a.out}.{a.part}.json", r)
+        print(f"wrote {a.out}.{a.part}.json")
+        return
+    t_start, load0 = time.process_time(), os.getloadavg()
+    if a.part == "merge":
+        got = [json.loads(Path(f"{a.out}.{p}.json").read_text()) for p in parts]
+    elif a.part == "all":
+        got = [_part(a, p) for p in parts]
+    else:
+        raise SystemExit(f"unknown part {a.part!r}: all, merge, {', '.join(parts)}")
+    res: dict = {"device": "2-core AMD EPYC, torch " + torch.__version__, "load_avg_start": load0,
+                 "python": platform.python_version(), "threads": 1, "runs": {"mdlm": a.mdlm, "ar": a.ar},
+                 "curve": got[1]["curve"] + got[0]["curve"], "discrete_bounds": got[1].get("discrete_bounds", []),
+                 "real": got[0]["real"], "samples": got[2]["samples"] + got[0]["samples"],
+                 "infill": {**got[2]["infill"], **got[0]["infill"]}}  # fmt: skip
+    if a.part == "merge":
+        res["load_avg_start"] = [g["load_avg_start"] for g in got]
+        res["eval_cpu_seconds"] = sum(g["eval_cpu_seconds"] for g in got)
+    else:
+        res["eval_cpu_seconds"] = time.process_time() - t_start
     res["load_avg_end"] = os.getloadavg()
+    shown = got[2]["shown"] + got[0]["shown"]
     write_json(a.out + ".json", res)
     write_text(a.out + ".md", markdown(res))
     write_text(a.samples_out, "\n\n".join(shown) + "\n")
@@ -100,8 +156,10 @@ def main() -> None:
 
 
 def markdown(r: dict) -> str:
+    la = r["load_avg_start"]
+    la = ", ".join(f"{v[0]:.1f}" for v in la) if isinstance(la[0], list) else f"{la[0]:.1f}"
     out = [f"# Text: masked diffusion vs autoregressive (KJV, characters)\n\n{r['device']}, 1 thread per process; "
-           f"load average {r['load_avg_start'][0]:.1f} at the start.\n",
+           f"load average {la} at the start.\n",
            "## Test bits/char over the training budget\n", "| model | step | CPU-s | bits/char | ± SE | estimator |",
            "|---|---|---|---|---|---|"]  # fmt: skip
     for c in r["curve"]:
@@ -110,13 +168,13 @@ def markdown(r: dict) -> str:
     out += ["", "## Discrete-time bounds of the last diffusion checkpoint\n", "| T | bits/char | ± SE |", "|---|---|---|"]
     out += [f"| {d['T']} | {d['bits_per_char']:.4f} | {d['stderr']:.4f} |" for d in r["discrete_bounds"]]
     out += ["", "## Samples (gen-PPL under the AR baseline, per character)\n",
-            "| model | order | K | NFE | chars/CPU-s | gen bits/char | gen-PPL | entropy | distinct-1/2/3 |",
-            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            "| model | order | K | top-p | NFE | chars/CPU-s | gen bits/char | gen-PPL | entropy | distinct-1/2/3 |",
+            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     rr = r["real"]
-    out.append(f"| held-out text | – | – | – | – | {rr['gen_ppl']['bits_per_char']:.3f} | {rr['gen_ppl']['ppl_per_char']:.2f} | "
+    out.append(f"| held-out text | – | – | – | – | – | {rr['gen_ppl']['bits_per_char']:.3f} | {rr['gen_ppl']['ppl_per_char']:.2f} | "
                f"{rr['entropy']:.3f} | {rr['distinct_1']:.2f}/{rr['distinct_2']:.2f}/{rr['distinct_3']:.2f} |")  # fmt: skip
     for s in r["samples"]:
-        out.append(f"| {s['model']} | {s['order']} | {s['steps'] or '–'} | {s['nfe']:.0f} | {s['chars_per_cpu_s']:.0f} | "
+        out.append(f"| {s['model']} | {s['order']} | {s['steps'] or '–'} | {s.get('top_p', 1.0):g} | {s['nfe']:.0f} | {s['chars_per_cpu_s']:.0f} | "
                    f"{s['gen_ppl']['bits_per_char']:.3f} | {s['gen_ppl']['ppl_per_char']:.2f} | {s['entropy']:.3f} | "
                    f"{s['distinct_1']:.2f}/{s['distinct_2']:.2f}/{s['distinct_3']:.2f} |")  # fmt: skip
     n_inf = next(iter(r["infill"].values()))["n"]

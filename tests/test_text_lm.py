@@ -191,6 +191,31 @@ def test_sampler_exact_distribution_with_perfect_denoiser():
     assert chi2 < 81 + 4 * math.sqrt(2 * 80)  # χ² with 80 degrees of freedom
 
 
+def test_nucleus_draws_the_renormalised_top_p_set():
+    """Nucleus draws (top_p): only the fewest most probable tokens with mass ≥ p occur, with their renormalised
+    probabilities (χ²); p = 1 is the plain draw, bit for bit; the AR sampler uses the same nucleus."""
+    from undiffuse.samplers.masked import gumbel_draw, nucleus
+
+    p = torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15], dtype=torch.float64)
+    lg = p.log()
+    assert torch.equal(nucleus(lg, 0.69).isfinite(), torch.tensor([False, True, False, True, False]))  # 0.4 + 0.3 ≥ 0.69
+    assert torch.equal(nucleus(lg, 0.71).isfinite(), torch.tensor([False, True, False, True, True]))
+    g = torch.Generator().manual_seed(0)
+    n = 40_000
+    u = torch.rand(n, 5, generator=g, dtype=torch.float64)
+    tok, prob = gumbel_draw(lg.expand(n, 5), u, 0.8)  # nucleus {0.4, 0.3, 0.15}
+    freq = torch.bincount(tok, minlength=5).double() / n
+    q = torch.tensor([0, 0.4, 0, 0.3, 0.15], dtype=torch.float64) / 0.85
+    assert freq[[0, 2]].sum() == 0
+    sel = q > 0
+    assert float(((freq[sel] - q[sel]) ** 2 / q[sel]).sum() * n) < 2 + 4 * math.sqrt(2 * 2)  # χ², 2 d.o.f.
+    assert torch.allclose(prob, q[tok])
+    assert torch.equal(gumbel_draw(lg.expand(n, 5), u, 1.0)[0], gumbel_draw(lg.expand(n, 5), u)[0])
+    z = torch.full((64, 3), 5)
+    x, _ = sample_left_to_right(lambda t: lg.expand(*t.shape, 5), z, sample_generators(0, range(64)), 5, top_p=0.69)
+    assert set(x.unique().tolist()) <= {1, 3}
+
+
 @pytest.mark.parametrize("order", ["ancestral", "confidence"])
 def test_sampler_determinism_and_infilling_keeps_given(order):
     torch.manual_seed(0)
@@ -301,7 +326,8 @@ def test_short_training_run_through_the_cli(tmp_path):
         _cli("sample", str(run), "--n", "3", "--seed", "0", "--out", str(tmp_path / "s.txt"))
         samples = (tmp_path / "s.txt").read_text().rstrip("\n").split("\n\n")
         assert len(samples) == 3 and all(len(s) <= 32 for s in samples)
-        _cli("sample", str(run), "--n", "2", "--prefix", "the cat", "--length", "20", "--out", str(tmp_path / "p.jsonl"))
+        _cli("sample", str(run), "--n", "2", "--prefix", "the cat", "--length", "20", "--top-p", "0.9",
+             "--out", str(tmp_path / "p.jsonl"))  # fmt: skip
         rows = [json.loads(s) for s in (tmp_path / "p.jsonl").read_text().splitlines()]
         assert [r["index"] for r in rows] == [0, 1] and all(r["text"].startswith("the cat") for r in rows)
         _cli("edit", str(run), "--text", "a dog s__ on the mat.", "--out", str(tmp_path / "e.txt"))
@@ -318,6 +344,8 @@ def test_short_training_run_through_the_cli(tmp_path):
     assert r.returncode == 2 and "sample_every=0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli("sample", str(tmp_path / "causal-transformer"), "--steps", "4", "--out", str(tmp_path / "x.txt"), ok=False)
     assert r.returncode == 2 and "left to right" in r.stderr
+    r = _cli("sample", str(tmp_path / "transformer"), "--top-p", "1.5", "--out", str(tmp_path / "x.txt"), ok=False)
+    assert r.returncode == 2 and "--top-p" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     for run, flags, words in [("transformer", ("--data", "table:wine"), "is not text"), ("transformer", ("--exact",), "--discrete"),
                               ("causal-transformer", ("--discrete", "4"), "exact")]:  # fmt: skip
         r = _cli("nll", str(tmp_path / run), *flags, ok=False)

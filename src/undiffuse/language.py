@@ -67,12 +67,15 @@ def template(model, n: int, length: Optional[int] = None, prefix: Optional[str] 
 
 
 def generate(model, z: torch.Tensor, seed: int = 0, steps: Optional[int] = None, order: str = "ancestral",
-             batch_size: int = 64, indices=None, info: Optional[dict] = None) -> torch.Tensor:  # fmt: skip
+             batch_size: int = 64, indices=None, info: Optional[dict] = None, top_p: float = 1.0) -> torch.Tensor:  # fmt: skip
     """Fill the mask ids of ``z`` [n, L]: the masked model in ``steps`` steps (default L), ancestral or
-    confidence-ordered; the autoregressive baseline left to right (``steps`` and ``order`` do not apply). ``info``
-    receives ``nfe`` (mean network evaluations per sample) and ``steps``."""
+    confidence-ordered; the autoregressive baseline left to right (``steps`` and ``order`` do not apply); each
+    draw from the nucleus of probability ``top_p`` (1: the model's full distribution). ``info`` receives ``nfe``
+    (mean network evaluations per sample) and ``steps``."""
     if order not in ORDERS:
         raise UserError(f"unknown order {order!r} — use {' or '.join(ORDERS)}")
+    if not 0.0 < top_p <= 1.0:
+        raise UserError(f"--top-p {top_p} must lie in (0, 1] — e.g. 0.9, or 1 for the full distribution")
     den, dev = model.denoiser, model.device
     n, L = z.shape
     ar = is_autoregressive(model)
@@ -82,10 +85,10 @@ def generate(model, z: torch.Tensor, seed: int = 0, steps: Optional[int] = None,
     def run_batch(_x, gens, cond, offset):
         zb = cond["z"].to(dev)
         if ar:
-            out, nfe = sample_left_to_right(lambda t: den.net(shift_right(t, den.start_id)), zb, gens, den.vocab)
+            out, nfe = sample_left_to_right(lambda t: den.net(shift_right(t, den.start_id)), zb, gens, den.vocab, top_p)
         else:
             out, nfe = sample_masked(den.net, zb, den.schedule.alpha, steps, gens, den.mask_id, order,
-                                     den.schedule.alpha_end)  # fmt: skip
+                                     den.schedule.alpha_end, top_p)  # fmt: skip
         used.append(nfe)
         return out.float()
 
@@ -99,9 +102,9 @@ def generate(model, z: torch.Tensor, seed: int = 0, steps: Optional[int] = None,
 
 def sample_text(model, n: int, seed: int = 0, length: Optional[int] = None, steps: Optional[int] = None,
                 prefix: Optional[str] = None, order: str = "ancestral", batch_size: int = 64,
-                info: Optional[dict] = None) -> torch.Tensor:  # fmt: skip
+                info: Optional[dict] = None, top_p: float = 1.0) -> torch.Tensor:  # fmt: skip
     """n samples [n, L] of token ids (sample i depends only on (seed, i)), optionally continuing ``prefix``."""
-    return generate(model, template(model, n, length, prefix), seed, steps, order, batch_size, info=info)
+    return generate(model, template(model, n, length, prefix), seed, steps, order, batch_size, info=info, top_p=top_p)
 
 
 def infill(model, pattern: str, n: int = 1, seed: int = 0, steps: Optional[int] = None, order: str = "ancestral",

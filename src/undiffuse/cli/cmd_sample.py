@@ -40,6 +40,8 @@ def add_parser(sub) -> None:
     p.add_argument("--prefix", default=None, help="text runs: continue this text (kept as given)")
     p.add_argument("--order", default="ancestral", choices=("ancestral", "confidence"),
                    help="text runs (masked diffusion): unmask random positions (MDLM) or the most confident first")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="text runs: draw each character from the nucleus of probability p (e.g. 0.9; default 1: all)")
     p.add_argument("--gif", default=None, help="also write an animated GIF of the denoising trajectory (x̂_0 of the first 16 samples)")
     p.add_argument("--out", required=True, help="output: grid.png, samples.npy or a directory ending in /; rows.csv for tables; "
                    "x.txt or x.jsonl for text")
@@ -72,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
         from undiffuse.cli.textlm import sample_text
 
         return sample_text(args, model)
-    if args.length is not None or args.prefix is not None or args.order != "ancestral":
-        raise UserError("--length/--prefix/--order apply to text runs — drop them")
+    if args.length is not None or args.prefix is not None or args.order != "ancestral" or args.top_p is not None:
+        raise UserError("--length/--prefix/--order/--top-p apply to text runs — drop them")
     from undiffuse.sampling import resolve_sampling
 
     args.sampler, args.steps, args.spacing = resolve_sampling(model, args.sampler, args.steps, args.spacing)

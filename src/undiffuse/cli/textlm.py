@@ -20,7 +20,8 @@ def _refuse(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
 
 
 def sample_text(args: argparse.Namespace, model) -> int:
-    """``undiffuse sample RUN --n 4 --seed 0 --length 256 [--prefix P] [--steps K] [--order confidence] --out x.txt``."""
+    """``undiffuse sample RUN --n 4 --seed 0 --length 256 [--prefix P] [--steps K] [--order confidence] [--top-p 0.9]
+    --out x.txt``."""
     from undiffuse.data.kinds import save_samples
     from undiffuse.language import is_autoregressive
     from undiffuse.language import sample_text as sample
@@ -31,10 +32,11 @@ def sample_text(args: argparse.Namespace, model) -> int:
     info: dict = {}
     t0 = time.perf_counter()
     x = sample(model, args.n, args.seed, args.length, args.steps, args.prefix, args.order,
-               batch_size=min(args.batch_size, 64), info=info)  # fmt: skip
+               batch_size=min(args.batch_size, 64), info=info, top_p=1.0 if args.top_p is None else args.top_p)  # fmt: skip
     seconds = time.perf_counter() - t0
     save_samples(x, args.out, model.data)
     how = "left to right" if is_autoregressive(model) else f"{args.order}, {info['steps']} steps"
+    how += "" if args.top_p is None else f", nucleus p = {args.top_p}"
     print(f"wrote {args.n} samples of {x.shape[1]} characters to {args.out}: {how}, {info['nfe']:.1f} network "
           f"evaluations per sample, {x.numel() / max(seconds, 1e-9):.0f} characters/s")  # fmt: skip
     return 0
