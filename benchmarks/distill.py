@@ -9,7 +9,8 @@ For each method (``progressive``, ``consistency``) one student is distilled from
 
 - progressive: one run with ``--target-steps 1 --start-steps S`` (rounds S/2, S/4, …, 1, each ``steps/rounds``
   optimizer steps); its checkpoints at the end of the 4-, 2- and 1-step rounds are the 4-, 2- and 1-step
-  students (DDIM on the student grid); the CPU cost of a row is the cost up to that round;
+  students (DDIM on the student grid); the CPU cost of a row is the cost up to that round (with accurate-teacher
+  targets, ``--set distill.teacher_solver=…``, the whole run's: its teacher pool serves every round);
 - consistency: one run; the same student samples with 1, 2 and 4 steps of multistep consistency sampling.
 
 Quality: the 25-Gaussian toy — modes covered and the high-quality share (within 3σ of a mode) of 2,500
@@ -136,7 +137,8 @@ def student_rows(teacher: str, work: Path, method: str, steps: int, start: int, 
         if method == "progressive":  # the checkpoint at the end of the k-step round
             rnd = rounds.index(k) + 1
             step = rnd * round_steps
-            model, cost = api.load(out, step), cpu * rnd / len(rounds)
+            pooled = bool(saved_config(out).distill.teacher_solver)  # the pool (made first) serves every round
+            model, cost = api.load(out, step), cpu if pooled else cpu * rnd / len(rounds)
         else:
             model, cost = api.load(out), cpu
         rows.append(_row(model, score, n, None, k, who=who, distill_step=model.step,
