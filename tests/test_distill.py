@@ -278,6 +278,27 @@ def test_progressive_student_samples_ddim_on_its_grid_and_cli(tiny_run, tmp_path
     assert "not a distilled student" in capsys.readouterr().err
 
 
+def test_cli_teacher_solver(tiny_run, tmp_path, capsys):
+    """`--teacher-solver unipc` makes a progressive student of accurate-teacher targets (its config records the
+    solver, its run holds the teacher pool); an unknown sampler, or the option with consistency, is a one-line
+    error."""
+    from undiffuse.cli.main import main
+    from undiffuse.runs import saved_config
+
+    base = ["--target-steps", "2", "--start-steps", "8", "--steps", "2", "--quiet", "--set", "distill.pool=8"]
+    for s in FP32:
+        base += ["--set", s]
+    out = tmp_path / "pa"
+    assert main(["distill", str(tiny_run), "--out", str(out), "--method", "progressive", "--teacher-solver", "unipc", *base]) == 0
+    assert saved_config(out).distill.teacher_solver == "unipc" and (out / "teacher_pool.safetensors").is_file()
+    assert main(["distill", str(tiny_run), "--out", str(tmp_path / "q"), "--method", "progressive",
+                 "--teacher-solver", "rk4", *base]) == 2  # fmt: skip
+    assert "is not a sampler" in capsys.readouterr().err
+    assert main(["distill", str(tiny_run), "--out", str(tmp_path / "r"), "--method", "consistency",
+                 "--teacher-solver", "unipc", *base]) == 2  # fmt: skip
+    assert "for --method progressive" in capsys.readouterr().err
+
+
 def test_distillation_needs_a_gaussian_process():
     """Both methods step the PF-ODE in σ-space: a run of the tables' mixed (multinomial) process is refused."""
     from types import SimpleNamespace
