@@ -119,7 +119,7 @@ def test_short_run_samples_windows_and_evaluates(tmp_path):
     spec = _write_series(tmp_path / "r.csv", rng.standard_t(4, size=(600, 2)))
     run = tmp_path / "run"
     assert main(["train", "--data", spec, "--out", str(run), "--steps", "150", "--set", "data.window=16",
-                 "--set", "model.hidden=128", "--quiet"]) == 0  # fmt: skip
+                 "--set", "model.hidden=32", "--quiet"]) == 0  # fmt: skip
     assert main(["sample", str(run), "--n", "20", "--out", str(tmp_path / "x.npy"), "--quiet"]) == 0
     x = np.load(tmp_path / "x.npy")
     assert x.shape == (20, 16, 2) and x.dtype == np.float32 and np.isfinite(x).all()
