@@ -2,8 +2,9 @@
 imputation of the window's last ``horizon`` steps, inside the ``multinomial`` sampler with no categories (on
 numbers alone it is DDPM ancestral sampling with Σ = β̃). A model trained on observed values (``model.obs_cond``,
 CSDI: Tashiro et al. 2021; :mod:`undiffuse.diffusion.conditional`) conditions through its input; any other
-model by RePaint's replacement (Lugmayr et al. 2022), the observed steps put back at every noise level. Either
-way they are put back at σ = 0, so the context comes back exactly.
+model by RePaint's replacement (Lugmayr et al. 2022), the observed steps put back at every noise level. The
+sampler pastes the context into the state either way (a conditioned network never reads the state there), so at
+σ = 0 it comes back exactly.
 
 The model's window has L steps: the context is its first L − h steps (the last L − h observed values), the
 forecast its last h. Path i depends only on (seed, i).
