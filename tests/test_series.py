@@ -281,3 +281,7 @@ def test_short_conditional_run_forecasts_through_its_input(tmp_path):
     p = forecast_paths(m, context, 6, n=20, seed=0, steps=10)
     assert p.shape == (20, 6, 2) and np.isfinite(p).all() and p.std(0).min() > 0
     assert np.isfinite(sample(m, 4, 0, sampler="ddpm", steps=10).numpy()).all()  # m = 0: unconditional windows
+    from undiffuse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="obs_cond=false"):  # the default is conditional: another network says how
+        resolve_config(spec, overrides=["model.arch=mlp"])

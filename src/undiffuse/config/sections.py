@@ -118,7 +118,7 @@ class ModelConfig(UNetConfig, MLPConfig):
         if self.mel_cond and self.arch != "wavenet":
             raise ConfigError("model.mel_cond (a diffusion vocoder) needs model.arch=wavenet — set it, or unset mel_cond")
         if self.obs_cond and self.arch != "seq":
-            raise ConfigError("model.obs_cond (CSDI conditioning) needs model.arch=seq — set it, or unset obs_cond")
+            raise ConfigError("model.obs_cond (CSDI conditioning) needs model.arch=seq — use it, or add --set model.obs_cond=false")
         if self.class_cond and self.text_cond:
             raise ConfigError("model.class_cond and model.text_cond are exclusive — captions already carry the class; set one")
 
