@@ -167,13 +167,14 @@ def build_denoiser(cfg: RunConfig, info: DataInfo, schedule: Optional[Schedule] 
     net = build_network(cfg.model, info, d.learned_variance)
     if info.kind == "table":  # the "mixed" process: Gaussian numbers + multinomial categories (TabDDPM)
         return _mixed(net, d, info, schedule)
-    if cfg.model.obs_cond:  # CSDI: the network reads the observed values (undiffuse.diffusion.conditional)
-        from undiffuse.diffusion.conditional import ObservedPrecond
-
-        series = info.extra["series"]
-        return ObservedPrecond(net, series["length"], len(series["channels"]), d.parameterization, schedule, d.sigma_data)
     try:
-        precond = Precond(net, d.parameterization, schedule, d.learned_variance, d.sigma_data)
+        if cfg.model.obs_cond:  # CSDI: the network reads the observed values (undiffuse.diffusion.conditional)
+            from undiffuse.diffusion.conditional import ObservedPrecond
+
+            series = info.extra["series"]
+            precond = ObservedPrecond(net, series["length"], len(series["channels"]), d.parameterization, schedule, d.sigma_data)
+        else:
+            precond = Precond(net, d.parameterization, schedule, d.learned_variance, d.sigma_data)
     except ValueError as e:
         raise ConfigError(f"{e} — change diffusion.parameterization or diffusion.schedule") from e
     if cfg.distill.method == "consistency":  # a consistency student: f_θ with f(x, σ_min) = x (Song et al. 2023)
