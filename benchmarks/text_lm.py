@@ -15,7 +15,12 @@ and it writes benchmarks/results/text_lm.json and .md:
 - samples: gen-PPL under the baseline with character entropy and distinct word n-grams, beside held-out windows;
   diffusion at K = 16, 64, 256, 1024 steps (ancestral) and 256 confidence-ordered; the baseline's own samples;
   network evaluations and characters/s;
-- infilling of a 16-character span in the middle of held-out windows: exact-character accuracy and bits/char.
+- infilling of a 16-character span in the middle of held-out windows: exact-character accuracy and bits/char;
+- with ``--top-p 0.9``: nucleus rows (the diffusion model at K = 256 and the baseline).
+
+``--part ar|mdlm-bits|mdlm-samples`` computes one third (the baseline's rows alone; the diffusion model's curve and
+discrete bounds; its samples and infilling) into OUT.PART.json — the three can run at the same time, one thread
+each — and ``--part merge`` writes OUT.json/.md and the samples file from them.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def _text() -> RunConfig:
         model=ModelConfig(arch="transformer", hidden=256, depth=4, num_heads=4, dropout=0.0),
         # MDLM (Sahoo et al. 2024): the masked process, α_t = 1 − t; T discrete training times
         diffusion=DiffusionConfig(schedule="linear", T=1000, clip=None),
-        # measured (docs/text.md): 600 steps of 32 × 256 characters took 764 CPU-seconds (masked) and 733 (causal) on one
+        # measured (docs/text.md): 600 steps of 32 × 256 characters took 784 CPU-seconds (masked) and 733 (causal) on one
         # thread in bf16 (load ≈ 6 on 2 cores) — ≈ 13 minutes of one core, so ≤ 15 minutes on 2 cores even on one thread
         train=TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=100, lr_schedule="cosine", decay_steps=500,
                           min_lr=1e-4, weight_decay=0.0, ema_halflife_kimg=2.0, ema_warmup=0.1, log_every=25,
