@@ -8,7 +8,9 @@ run seed and *where it is used*:
   ``derive_seed(seed, "epoch", e)`` — batches may straddle epochs, nothing is dropped;
 - per-example t, noise and label dropout: drawn for the whole *global* batch of a step from a
   generator seeded with ``derive_seed(seed, "step", step)``; a rank (and an accumulation
-  micro-batch) takes its slice, so the draws of example j do not depend on the number of ranks;
+  micro-batch) takes its slice, so the draws of example j do not depend on the number of ranks (also for
+  a model that asks for low-discrepancy t across the batch, :func:`stratified_uniforms`: they are spread over
+  the global batch);
 - dropout masks: torch's global RNG is seeded from (seed, step, rank, micro-batch) before each
   forward pass. Dropout masks therefore depend on how the global batch is split; runs with dropout
   > 0 resume exactly, but match a different number of ranks only in distribution.
