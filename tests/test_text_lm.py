@@ -183,7 +183,7 @@ def test_sampler_exact_distribution_with_perfect_denoiser():
     """One position a step (K = L) with the exact posterior draws x from p exactly: frequencies match p(x)."""
     n = 2000
     z = torch.full((n, L), V)
-    x, nfe = sample_masked(perfect_logits, z, MaskingSchedule("linear").alpha, 64, sample_generators(0, range(n)), V)
+    x, nfe = sample_masked(perfect_logits, z, MaskingSchedule("linear"), 64, sample_generators(0, range(n)), V)
     assert bool((x != V).all()) and int(nfe.max()) <= L  # the cache: at most one evaluation per unmasked change
     idx = (x * torch.tensor([V**3, V**2, V, 1])).sum(dim=1)
     freq = torch.bincount(idx, minlength=V**L).double() / n
@@ -222,7 +222,7 @@ def test_sampler_determinism_and_infilling_keeps_given(order):
     net = torch.nn.Sequential(torch.nn.Embedding(V + 1, 8), torch.nn.Linear(8, V))
     z = torch.full((5, 12), V)
     z[:, [0, 5, 11]] = torch.tensor([2, 0, 1])
-    alpha = MaskingSchedule("linear").alpha
+    alpha = MaskingSchedule("linear")
     with torch.no_grad():
         a, _ = sample_masked(net, z, alpha, 6, sample_generators(7, range(5)), V, order)
         b, _ = sample_masked(net, z[3:4], alpha, 6, sample_generators(7, [3]), V, order)
@@ -242,7 +242,7 @@ def test_sample_does_not_depend_on_the_other_rows_templates():
     net = torch.nn.Sequential(torch.nn.Embedding(V + 1, 8), torch.nn.Linear(8, V))
     z = torch.full((2, 8), V)
     z[0, :3] = torch.tensor([0, 1, 2])
-    alpha = MaskingSchedule("linear").alpha
+    alpha = MaskingSchedule("linear")
     with torch.no_grad():
         for draw in (lambda zz, gens: sample_left_to_right(net, zz, gens, V)[0],
                      lambda zz, gens: sample_masked(net, zz, alpha, 8, gens, V)[0]):  # fmt: skip

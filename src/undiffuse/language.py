@@ -87,8 +87,7 @@ def generate(model, z: torch.Tensor, seed: int = 0, steps: Optional[int] = None,
         if ar:
             out, nfe = sample_left_to_right(lambda t: den.net(shift_right(t, den.start_id)), zb, gens, den.vocab, top_p)
         else:
-            out, nfe = sample_masked(den.net, zb, den.schedule.alpha, steps, gens, den.mask_id, order,
-                                     den.schedule.alpha_end, top_p)  # fmt: skip
+            out, nfe = sample_masked(den.net, zb, den.schedule, steps, gens, den.mask_id, order, top_p)
         used.append(nfe)
         return out.float()
 

@@ -26,6 +26,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from undiffuse.diffusion.masked import MaskingSchedule
+
 __all__ = ["sample_masked", "sample_left_to_right", "gumbel_draw", "nucleus"]
 
 Logits = Callable[[torch.Tensor], torch.Tensor]  # z [b, L] → logits [b, L, V]
@@ -57,18 +59,19 @@ def gumbel_draw(logits: torch.Tensor, u: torch.Tensor, top_p: float = 1.0) -> tu
     return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1).exp()
 
 
-def sample_masked(logits_fn: Logits, z: torch.Tensor, alpha: Callable[[torch.Tensor], torch.Tensor], steps: int,
+def sample_masked(logits_fn: Logits, z: torch.Tensor, schedule: MaskingSchedule, steps: int,
                   generators: Sequence[torch.Generator], mask_id: int, order: str = "ancestral",
-                  alpha_end: float = 0.0, top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                  top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Sequences [b, L] from the starting ``z`` (mask id where to generate) in ``steps`` steps, and the network
-    evaluations each row used [b]. ``alpha`` is the schedule's α_t; ``alpha_end`` = α_1 > 0 (loglinear) first
-    draws each masked position from the prior ε·Uniform(V) + (1 − ε)·δ(m); ``top_p``: nucleus draws."""
+    evaluations each row used [b]. A ``schedule`` with α_1 > 0 (loglinear) first draws each masked position from
+    the prior ε·Uniform(V) + (1 − ε)·δ(m); ``top_p``: nucleus draws."""
     if order not in ("ancestral", "confidence"):
         raise ValueError(f"unknown order {order!r}: ancestral or confidence")
     z = z.clone()
     b, L = z.shape
     V = mask_id
     nfe = torch.zeros(b, dtype=torch.long)
+    alpha_end = schedule.alpha_end
     if alpha_end > 0:
         u, v = _rand(generators, L), _rand(generators, L)
         prior = (z == mask_id) & (u < alpha_end).to(z.device)
@@ -89,13 +92,13 @@ def sample_masked(logits_fn: Logits, z: torch.Tensor, alpha: Callable[[torch.Ten
             logits[rows] = out
             nfe += need.long()
         t, s = times[k], times[k + 1]
-        a_t, a_s = float(alpha(t)), float(alpha(s))
         u, g = _rand(generators, L), _rand(generators, L, V)
         tok, conf = gumbel_draw(logits, g, top_p)
         if order == "ancestral":
-            p = 1.0 if s <= 0 else (a_s - a_t) / (1.0 - a_t)
+            p = 1.0 if s <= 0 else float(schedule.step_weight(s, t))
             reveal = masked & (u.to(z.device) < p)
         else:  # unmask the expected number, most confident first
+            a_s = float(schedule.alpha(s))
             keep = torch.round(free0 * (1.0 - a_s) / (1.0 - alpha_end)).long() if s > 0 else torch.zeros_like(free0).long()
             n_reveal = (masked.sum(dim=1) - keep.to(z.device)).clamp(min=0)
             score = torch.where(masked, conf, torch.full_like(conf, -1.0))
