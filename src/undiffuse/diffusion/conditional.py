@@ -65,12 +65,10 @@ class ObservedPrecond(Precond):
 
     def raw(self, x: torch.Tensor, sigma: torch.Tensor, obs: Optional[torch.Tensor] = None,
             obs_mask: Optional[torch.Tensor] = None, **cond) -> torch.Tensor:  # fmt: skip
-        """F(c_in·x·(1 − m), m·x_obs, m; c_noise)."""
+        """F(c_in·x·(1 − m), m·x_obs, m; c_noise) — the network forms m·x_obs itself (:class:`~undiffuse.nn.seqnet.SeqNet`)."""
         x_in = self.scaled_input(x, sigma)
         if obs_mask is not None:
-            m = obs_mask.bool().expand_as(x)
-            x_in = torch.where(m, torch.zeros_like(x_in), x_in)
-            obs = torch.where(m, torch.nan_to_num(obs.to(x.dtype)).expand_as(x), torch.zeros_like(x))
+            x_in = torch.where(obs_mask.bool().expand_as(x), torch.zeros_like(x_in), x_in)
         return self.net(x_in, self.c_noise(sigma).to(x.dtype), obs=obs, obs_mask=obs_mask, **cond)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, obs: Optional[torch.Tensor] = None,

@@ -135,7 +135,11 @@ def _open_audio_run(run_dir: Union[str, os.PathLike], sampler: Optional[str], st
         from undiffuse.baselines import load_baseline, sample_indices
         from undiffuse.baselines.run import open_baseline
         from undiffuse.build import DataInfo
+        from undiffuse.errors import UserError
 
+        given = [o for o, v in (("--sampler", sampler), ("--steps", steps)) if v is not None]
+        if given:  # refused before any weights are read
+            raise UserError(f"a GAN/VAE baseline has no sampler or steps — drop {' and '.join(given)}")
         net, cfg = load_baseline(run_dir, device or "cpu")
         info = DataInfo.from_dataset(load_dataset(cfg.data, "train", cfg.image_size))
         step = open_baseline(Path(run_dir), ())[1].step
@@ -162,10 +166,7 @@ def evaluate_audio_run(run_dir: Union[str, os.PathLike], n: int = 200, seed: int
     diffusion run or a GAN/VAE baseline run on audio data (unconditional: one row, its coverage)."""
     from undiffuse.errors import UserError
 
-    given = [o for o, v in (("--sampler", sampler), ("--steps", steps)) if v is not None]
     info, name, step, model_kind, sampler, steps, conditional, draw = _open_audio_run(run_dir, sampler, steps, device)
-    if model_kind != "diffusion" and given:
-        raise UserError(f"a {model_kind.upper()} baseline has no sampler or steps — drop {' and '.join(given)}")
     if not conditional and guidance is not None:
         raise UserError(f"{run_dir} is unconditional, so guidance does not apply — drop --guidance (or train with "
                         "--cond class)")  # fmt: skip
