@@ -18,6 +18,11 @@ and it writes benchmarks/results/text_lm.json and .md:
 - infilling of a 16-character span in the middle of held-out windows: exact-character accuracy and bits/char;
 - with ``--top-p 0.9``: nucleus rows (the diffusion model at K = 256 and the baseline).
 
+Block diffusion (BD3-LM; ``diffusion.block_size``): ``--part block --block RUN --name NAME --block-cpu-seconds S
+--block-ks 2,4`` computes a block run's curve, discrete bounds, samples (K steps per block; gen-PPL under ``--ar``)
+and infilling into OUT.NAME.json, and ``--part add --name NAME`` adds it to OUT.json/.md (the earlier rows stay)
+and its shown samples to the samples file.
+
 ``--part ar|mdlm-bits|mdlm-samples`` computes one third (the baseline's rows alone; the diffusion model's curve and
 discrete bounds; its samples and infilling) into OUT.PART.json — the three can run at the same time, one thread
 each — and ``--part merge`` writes OUT.json/.md and the samples file from them.
@@ -59,14 +64,35 @@ def _curve(name: str, run: str, cs, a) -> list[dict]:
 def _sample_row(name: str, model, ar, k, order: str, top_p: float, n: int) -> tuple[dict, str]:
     info: dict = {}
     t0, c0 = time.perf_counter(), time.process_time()
-    ids = sample_text(model, n, seed=0, steps=k, order=order if name == "mdlm" else "ancestral", info=info, top_p=top_p)
+    ids = sample_text(model, n, seed=0, steps=k, order=order if name != "ar" else "ancestral", info=info, top_p=top_p)
     wall, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     s = texts(model, ids)
     row = {"model": name, "steps": k, "order": order, "top_p": top_p, "nfe": info["nfe"], "chars_per_s": ids.numel() / wall,
            "chars_per_cpu_s": ids.numel() / cpu_s, **text_stats(s), "gen_ppl": gen_ppl(ar, ids)}  # fmt: skip
     print(json.dumps(row), flush=True)
     nucleus = "" if top_p >= 1 else f", nucleus p = {top_p}"
-    return row, f"### {name}, {order}{'' if k is None else f', K = {k}'}{nucleus}\n\n" + "\n\n".join(s[:2])
+    per = " per block" if name.startswith("bd3") else ""
+    return row, f"### {name}, {order}{'' if k is None else f', K = {k}{per}'}{nucleus}\n\n" + "\n\n".join(s[:2])
+
+
+def _block_part(a) -> dict:
+    """A block-diffusion run: its curve, discrete bounds, samples at K steps per block (and nucleus at K = the
+    block size) and infilling, on the same windows and protocol as the other parts."""
+    ar = undiffuse.load(a.ar, device="cpu")
+    m = undiffuse.load(a.block, device="cpu")
+    x = text_eval_data(ar, n=a.n_eval)
+    res: dict = {"run": a.block, "block_size": m.denoiser.block, "cpu_seconds": a.block_cpu_seconds,
+                 "curve": _curve(a.name, a.block, a.block_cpu_seconds, a), "samples": [], "shown": []}  # fmt: skip
+    res["discrete_bounds"] = [{"T": T, **text_nll(m, x, n_t=a.n_t, T=T)} for T in _ints(a.discrete)]
+    print(json.dumps(res["discrete_bounds"]), flush=True)
+    settings = [(k, 1.0) for k in _ints(a.block_ks)] + [(m.denoiser.block, float(p)) for p in a.top_p.split(",") if p]
+    for k, p in settings:
+        row, shown = _sample_row(a.name, m, ar, k, "ancestral", p, a.n_samples)
+        res["samples"].append(row)
+        res["shown"].append(shown)
+    res["infill"] = infill_scores(m, x[:100], 16)
+    print(json.dumps(res["infill"]), flush=True)
+    return res
 
 
 def _part(a, part: str) -> dict:
@@ -111,7 +137,7 @@ def _ints(spec: str) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mdlm", required=True)
+    ap.add_argument("--mdlm", default=None)
     ap.add_argument("--ar", required=True)
     ap.add_argument("--cpu-seconds", default=None, help="CPU-seconds of the two training runs: MDLM,AR")
     ap.add_argument("--n-eval", type=int, default=200, help="test windows for bits/char")
@@ -123,11 +149,32 @@ def main() -> None:
     ap.add_argument("--top-p", default="", help="nucleus rows (diffusion at K = 256 and the baseline), e.g. 0.9")
     ap.add_argument("--part", default="all", help="all, or one of ar, mdlm-bits, mdlm-samples (written to OUT.PART.json); "
                     "--part merge combines the three into OUT.json/.md")  # fmt: skip
+    ap.add_argument("--block", default=None, help="--part block: a block-diffusion run (diffusion.block_size)")
+    ap.add_argument("--name", default="bd3", help="--part block/add: the block run's name in the tables")
+    ap.add_argument("--block-cpu-seconds", type=float, default=None, help="--part block: the block run's CPU-seconds")
+    ap.add_argument("--block-ks", default="", help="--part block: sampling steps per block of its rows")
     ap.add_argument("--out", default="benchmarks/results/text_lm")
     ap.add_argument("--samples-out", default="docs/text_samples.txt")
     a = ap.parse_args()
     torch.set_num_threads(1)
     parts = ("ar", "mdlm-bits", "mdlm-samples")
+    if a.part == "block":
+        t0, load0 = time.process_time(), os.getloadavg()
+        r = _block_part(a)
+        r.update(eval_cpu_seconds=time.process_time() - t0, load_avg_start=load0, load_avg_end=os.getloadavg())
+        write_json(f"{a.out}.{a.name}.json", r)
+        print(f"wrote {a.out}.{a.name}.json")
+        return
+    if a.part == "add":
+        res = json.loads(Path(a.out + ".json").read_text())
+        part = json.loads(Path(f"{a.out}.{a.name}.json").read_text())
+        res.setdefault("block_runs", {})[a.name] = part
+        write_json(a.out + ".json", res)
+        write_text(a.out + ".md", markdown(res))
+        shown = Path(a.samples_out).read_text() if Path(a.samples_out).exists() else ""
+        write_text(a.samples_out, shown + "\n" + "\n\n".join(part["shown"]) + "\n")
+        print(f"wrote {a.out}.json, {a.out}.md and {a.samples_out}")
+        return
     if a.part in parts:
         t0, load0 = time.process_time(), os.getloadavg()
         r = _part(a, a.part)
@@ -187,6 +234,30 @@ def markdown(r: dict) -> str:
             "| model | context | exact-char accuracy | bits/char of the span | ± SE |", "|---|---|---|---|---|"]  # fmt: skip
     for name, f in r["infill"].items():
         out.append(f"| {name} | {f['context']} | {f['accuracy']:.3f} | {f['bits_per_char']:.3f} | {f['stderr']:.3f} |")
+    blocks = r.get("block_runs", {})
+    if blocks:
+        out += ["", "## Block diffusion (BD3-LM): test bits/char over the training budget\n",
+                "| model | block | step | CPU-s | bits/char | ± SE | estimator |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, b in blocks.items():
+            for c in b["curve"]:
+                cs = "–" if c["cpu_seconds"] is None else f"{c['cpu_seconds']:.0f}"
+                out.append(f"| {name} | {b['block_size']} | {c['step']} | {cs} | {c['bits_per_char']:.4f} | {c['stderr']:.4f} | "
+                           f"{c['estimator']} |")  # fmt: skip
+            out += [f"| {name} | {b['block_size']} | last | – | {d['bits_per_char']:.4f} | {d['stderr']:.4f} | "
+                    f"{d['estimator']} |" for d in b["discrete_bounds"]]  # fmt: skip
+        out += ["", "## Block diffusion: samples (gen-PPL under the AR baseline; K = steps per block)\n",
+                "| model | K per block | top-p | NFE | chars/CPU-s | gen bits/char | gen-PPL | entropy | distinct-1/2/3 |",
+                "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, b in blocks.items():
+            for s in b["samples"]:
+                out.append(f"| {name} | {s['steps']} | {s.get('top_p', 1.0):g} | {s['nfe']:.0f} | {s['chars_per_cpu_s']:.0f} | "
+                           f"{s['gen_ppl']['bits_per_char']:.3f} | {s['gen_ppl']['ppl_per_char']:.2f} | {s['entropy']:.3f} | "
+                           f"{s['distinct_1']:.2f}/{s['distinct_2']:.2f}/{s['distinct_3']:.2f} |")  # fmt: skip
+        out += ["", "## Block diffusion: infilling (the same 16-character spans)\n",
+                "| model | context | exact-char accuracy | bits/char of the span | ± SE |", "|---|---|---|---|---|"]  # fmt: skip
+        for name, b in blocks.items():
+            f = b["infill"]
+            out.append(f"| {name} | {f['context']} | {f['accuracy']:.3f} | {f['bits_per_char']:.3f} | {f['stderr']:.3f} |")
     return "\n".join(out) + "\n"
 
 

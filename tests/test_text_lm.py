@@ -318,9 +318,11 @@ def test_short_training_run_through_the_cli(tmp_path):
     small = ["--set", "model.hidden=32", "--set", "model.depth=1", "--set", "model.num_heads=2", "--set", "data.window=32",
              "--set", "train.batch_size=16", "--set", "train.val_every=30", "--set", "train.warmup_steps=5",
              "--set", "train.precision=fp32", "--set", "train.lr=3e-3", "--no-progress"]  # fmt: skip
-    for arch in ("transformer", "causal-transformer"):
+    for arch, extra in (("transformer", ()), ("causal-transformer", ()), ("block", ("diffusion.block_size=8",))):
         run = tmp_path / arch
-        _cli("train", "--data", data, "--out", str(run), "--steps", "30", "--set", f"model.arch={arch}", *small)
+        net = "transformer" if arch == "block" else arch
+        _cli("train", "--data", data, "--out", str(run), "--steps", "30", "--set", f"model.arch={net}", *small,
+             *(a for e in extra for a in ("--set", e)))  # fmt: skip
         log = [json.loads(s) for s in (run / "log.jsonl").read_text().splitlines()]
         assert log[-1]["val_loss"] < math.log(len(set((tmp_path / "t.txt").read_text()))) - 0.3  # it learned something
         _cli("sample", str(run), "--n", "3", "--seed", "0", "--out", str(tmp_path / "s.txt"))
@@ -336,6 +338,12 @@ def test_short_training_run_through_the_cli(tmp_path):
         r = _cli("nll", str(run), "--n", "8", "--n-t", "4", "--json", "-")
         res = json.loads(r.stdout)
         assert 0 < res["bits_per_char"] < math.log2(20) and res["n"] == 8
+    r = _cli("nll", str(tmp_path / "block"), "--n", "4", "--n-t", "2", "--discrete", "8", "--json", "-")
+    assert "T = 8" in json.loads(r.stdout)["estimator"]
+    _cli("eval", str(tmp_path / "block"), "--n", "2", "--nll-n", "4", "--reference", str(tmp_path / "causal-transformer"),
+         "--out", str(tmp_path / "evb"))  # fmt: skip
+    r = _cli("train", "--data", data, "--out", str(tmp_path / "b5"), *small, "--set", "diffusion.block_size=5", ok=False)
+    assert r.returncode == 2 and "does not divide" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     _cli("eval", str(tmp_path / "transformer"), "--n", "2", "--nll-n", "4", "--reference", str(tmp_path / "causal-transformer"),
          "--out", str(tmp_path / "ev"))  # fmt: skip
     rep = json.loads((tmp_path / "ev.json").read_text())
@@ -374,3 +382,156 @@ def test_transformer_causality_and_rotary_relative_positions():
     rq, rk = rotate(q.expand(16, 8), cos, sin), rotate(k.expand(16, 8), cos, sin)
     scores = rq @ rk.T  # q at position i against k at position j depends on j − i only
     assert torch.allclose(scores[2, 5], scores[9, 12], atol=1e-5) and torch.allclose(scores[7, 3], scores[11, 7], atol=1e-5)
+
+
+# --- block diffusion (BD3-LM) -------------------------------------------------------------------------------------
+
+
+def block_perfect_logits(z: torch.Tensor, x: torch.Tensor, block: int) -> torch.Tensor:
+    """The exact x_θ of the chain for block diffusion: log p(x^ℓ | x of the blocks before ℓ's, the unmasked tokens of
+    z in ℓ's block) [B, L, V]."""
+    out = torch.empty(*z.shape, V, dtype=torch.float64)
+    for b in range(len(z)):
+        for lo in range(0, L, block):
+            seen = torch.zeros(L, dtype=torch.bool)
+            seen[:lo] = True
+            row = torch.where(seen, x[b], z[b])
+            seen[lo : lo + block] = row[lo : lo + block] != V  # later blocks are not seen
+            w = PROB * (SEQS[:, seen] == row[seen]).all(dim=1)
+            for pos in range(lo, min(L, lo + block)):
+                p = torch.zeros(V, dtype=torch.float64).index_add_(0, SEQS[:, pos], w)
+                out[b, pos] = (p / p.sum()).clamp_min(1e-300).log()
+    return out
+
+
+def exact_block_bound(x: torch.Tensor, sch: MaskingSchedule, T: int, block: int) -> float:
+    """L_T of the block model with the exact x_θ: the sum over blocks of each block's T-step bound, every mask
+    pattern of the block summed exactly (the other blocks do not enter block b's term)."""
+    total = 0.0
+    for lo in range(0, L, block):
+        for i in range(1, T + 1):
+            t, s = torch.tensor(i / T), torch.tensor((i - 1) / T)
+            a_t, w = float(sch.alpha(t)), float(sch.step_weight(s, t))
+            for pat in itertools.product([False, True], repeat=block):
+                m = torch.zeros(L, dtype=torch.bool)
+                m[lo : lo + block] = torch.tensor(pat)
+                k = int(m.sum())
+                if k == 0:
+                    continue
+                z = torch.where(m, torch.full_like(x, V), x)
+                logp = block_perfect_logits(z[None], x[None], block)[0]
+                total += a_t ** (block - k) * (1 - a_t) ** k * w * float(-logp[m, x[m]].sum())
+    return total
+
+
+def test_block_bound_is_ar_for_block_1_and_tends_to_nll():
+    """With the exact x_θ: block size 1 gives −log p(x) exactly for every T (autoregression); block size 2 gives
+    L_T ≥ −log p(x), decreasing in T, → −log p(x); block size L is the MDLM bound."""
+    sch = MaskingSchedule("linear")
+    for j in (0, 40, 77):
+        x = SEQS[j]
+        nll = -math.log(float(PROB[j]))
+        for T in (1, 3, 16):
+            assert exact_block_bound(x, sch, T, 1) == pytest.approx(nll, abs=1e-9)
+        bounds = [exact_block_bound(x, sch, T, 2) for T in (1, 4, 16, 256)]
+        assert all(b >= nll - 1e-9 for b in bounds) and all(a >= b - 1e-9 for a, b in zip(bounds, bounds[1:]))
+        assert bounds[0] > nll + 1e-3 and bounds[-1] - nll < 0.01 * (bounds[0] - nll) + 1e-3
+        assert exact_block_bound(x, sch, 4, L) == pytest.approx(exact_discrete_bound(x, sch, 4), abs=1e-9)
+
+
+def test_block_stratified_estimates_and_training_loss_are_unbiased():
+    """The stratified estimator with a time per block agrees with the exact block L_T and (continuous time) with
+    −log p(x); the trainer's loss of a block model (2L pass, times per block from the keyed t) averages to
+    −log p(x) with the exact x_θ reading [z_t ; x] (within 4 SE)."""
+    from undiffuse.diffusion.masked import MaskedDenoiser
+    from undiffuse.training.keyed import draw_step
+
+    j, block = 40, 2
+    nll = -math.log(float(PROB[j]))
+    x = SEQS[[j]].repeat(2000, 1)
+    sch = MaskingSchedule("cosine")
+    g = torch.Generator().manual_seed(1)
+    fn = lambda z: block_perfect_logits(z, x, block)  # noqa: E731
+    est = elbo_stratified(fn, x, sch, V, 4, g, T=4, blocks=L // block)
+    assert abs(float(est.mean()) - exact_block_bound(x[0], sch, 4, block)) < 4 * float(est.std() / math.sqrt(len(est)))
+    est = elbo_stratified(fn, x, sch, V, 4, g, blocks=L // block)
+    assert abs(float(est.mean()) - nll) < 4 * float(est.std() / math.sqrt(len(est)))
+
+    class Perfect(torch.nn.Module):  # reads the 2L input [z ; x] and answers for z with the exact block x_θ
+        def forward(self, tokens, pos=None, mask=None):
+            assert mask is not None and tokens.shape[1] == 2 * L
+            return torch.cat([block_perfect_logits(tokens[:, :L], tokens[:, L:], block)] * 2, dim=1)
+
+    from undiffuse.diffusion.masked import block_times
+
+    k = torch.arange(1, 1001)
+    tb = block_times(k, 64, 1000)  # every block's time runs over the whole grid (k_b uniform when k is), never 0
+    assert all(torch.equal(tb[:, b].sort().values, (k.double() - 0.5) / 1000) for b in range(64))
+    assert torch.equal(block_times(k, 1, 1000)[:, 0], (k.double() - 0.5) / 1000)
+    den = MaskedDenoiser(Perfect(), MaskingSchedule("linear"), V, block=block)
+    xb = SEQS[[j]].repeat(16, 1)
+    m = torch.tensor([float(den.example_loss(None, xb, d.t, d.noise).mean()) * L
+                      for d in (draw_step(0, step, 16, (L,), 1000, stratified=True) for step in range(100))])  # fmt: skip
+    assert abs(float(m.mean()) - nll) < 4 * float(m.std() / math.sqrt(len(m)))
+
+
+def test_bd3_attention_mask_and_layouts():
+    """Block b's outputs of the 2L pass do not change when clean blocks ≥ b or noisy tokens of other blocks change,
+    equal the sampler's layout [x_{<b} ; z_b], and one block (block size L) is MDLM's net(z) exactly."""
+    from undiffuse.diffusion.masked import MaskedDenoiser, bd3_mask
+    from undiffuse.nn.transformer import Transformer
+
+    torch.manual_seed(0)
+    Lx, block, Vx = 12, 4, 5
+    net = Transformer(Vx, Lx, 16, 2, 2).eval().double()
+    den = MaskedDenoiser(net, MaskingSchedule("linear"), Vx, block=block)
+    x = torch.randint(0, Vx, (3, Lx))
+    z = torch.where(torch.rand(3, Lx) < 0.5, torch.full_like(x, Vx), x)
+    with torch.no_grad():
+        out = den.x_theta(z, x)
+        for b in range(Lx // block):
+            lo, hi = b * block, (b + 1) * block
+            x2, z2 = x.clone(), z.clone()
+            x2[:, lo:] = (x2[:, lo:] + 1) % Vx  # clean blocks ≥ b
+            z2[:, :lo] = (z2[:, :lo] + 1) % (Vx + 1)  # noisy tokens of the other blocks
+            z2[:, hi:] = (z2[:, hi:] + 2) % (Vx + 1)
+            assert torch.allclose(den.x_theta(z2, x2)[:, lo:hi], out[:, lo:hi], atol=1e-12)
+            assert torch.allclose(den.logits_after(x[:, :lo], z[:, lo:hi]), out[:, lo:hi], atol=1e-10)
+            x3 = x.clone()
+            x3[:, :lo] = (x3[:, :lo] + 1) % Vx
+            if lo:  # … while the clean blocks before b do inform it
+                assert not torch.allclose(den.x_theta(z, x3)[:, lo:hi], out[:, lo:hi], atol=1e-6)
+        one = MaskedDenoiser(net, MaskingSchedule("linear"), Vx, block=Lx)
+        assert torch.equal(one.x_theta(z, x), net(z))
+        pos = torch.arange(Lx)
+        two_l = net(torch.cat([z, x], 1), pos=torch.cat([pos, pos]), mask=bd3_mask(Lx, Lx))[:, :Lx]
+        assert torch.allclose(two_l, net(z), atol=1e-12)  # the vectorised pass with one block is MDLM's x_θ
+        assert bd3_mask(Lx, 1)[Lx:, Lx:].equal(torch.ones(Lx, Lx, dtype=torch.bool).tril())  # clean: causal
+
+
+def test_block_sampler_exact_distribution_determinism_and_kept_characters():
+    """Block by block with the exact x_θ the sampler draws the chain's distribution (χ²); row i depends only on its
+    generator (also beside rows with other given positions); given characters are kept."""
+    from undiffuse.samplers.masked import sample_blocks
+
+    block = 2
+
+    def after(prefix, zb):  # x_θ of block zb after the clean prefix (the rest of the L positions unseen)
+        seq = torch.cat([prefix, zb, torch.full((len(zb), L - prefix.shape[1] - zb.shape[1]), V)], 1)
+        return block_perfect_logits(seq, seq, block)[:, prefix.shape[1] : prefix.shape[1] + zb.shape[1]]
+
+    n = 2000
+    x, nfe = sample_blocks(after, torch.full((n, L), V), MaskingSchedule("linear"), 64, sample_generators(0, range(n)), V, block)
+    assert bool((x != V).all()) and int(nfe.max()) <= L
+    freq = torch.bincount((x * torch.tensor([V**3, V**2, V, 1])).sum(dim=1), minlength=V**L).double() / n
+    assert float(((freq - PROB) ** 2 / PROB).sum() * n) < 81 + 4 * math.sqrt(2 * 80)
+    z = torch.full((3, L), V)
+    z[0, :2] = torch.tensor([1, 2])  # a given block
+    z[1, 3] = 0  # a given character inside a block
+    a, _ = sample_blocks(after, z, MaskingSchedule("linear"), 3, sample_generators(5, range(3)), V, block)
+    for i in range(3):
+        alone, _ = sample_blocks(after, z[i : i + 1], MaskingSchedule("linear"), 3, sample_generators(5, [i]), V, block)
+        assert torch.equal(alone[0], a[i])
+    assert a[0, :2].tolist() == [1, 2] and int(a[1, 3]) == 0 and bool((a != V).all())
+    c, _ = sample_blocks(after, z, MaskingSchedule("linear"), 3, sample_generators(6, range(3)), V, block)
+    assert not torch.equal(a, c)

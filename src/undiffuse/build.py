@@ -211,8 +211,12 @@ def _text_model(cfg: RunConfig, info: DataInfo) -> nn.Module:
     vocab = len(info.extra["text"]["vocab"])
     schedule = MaskingSchedule(d.schedule, d.T)
     if resolve_arch(cfg.model, info) == "causal-transformer":
-        return CausalLM(net, schedule, vocab)
-    return MaskedDenoiser(net, schedule, vocab)
+        return CausalLM(net, schedule, vocab)  # (diffusion.block_size does not apply: it is block size 1 already)
+    window = info.extra["text"]["length"]
+    if d.block_size and window % d.block_size:
+        raise ConfigError(f"diffusion.block_size = {d.block_size} does not divide data.window = {window} — choose a "
+                          "divisor (or 0 for one block, MDLM)")  # fmt: skip
+    return MaskedDenoiser(net, schedule, vocab, d.block_size)
 
 
 def architecture_signature(cfg: RunConfig, info: DataInfo) -> str:

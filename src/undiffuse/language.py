@@ -20,9 +20,9 @@ from undiffuse.diffusion.masked import elbo_stratified
 from undiffuse.errors import UserError
 from undiffuse.rng import derive_seed, generator
 from undiffuse.samplers.driver import drive
-from undiffuse.samplers.masked import sample_left_to_right, sample_masked
+from undiffuse.samplers.masked import sample_blocks, sample_left_to_right, sample_masked
 
-__all__ = ["is_autoregressive", "text_meta", "text_eval_data", "template", "generate", "sample_text", "infill", "texts", "token_nll",
+__all__ = ["is_autoregressive", "block_of", "text_meta", "text_eval_data", "template", "generate", "sample_text", "infill", "texts", "token_nll",
            "text_nll", "ORDERS"]  # fmt: skip
 
 ORDERS = ("ancestral", "confidence")
@@ -31,6 +31,13 @@ ORDERS = ("ancestral", "confidence")
 def is_autoregressive(model) -> bool:
     """Whether ``model`` is the autoregressive baseline (a causal transformer)."""
     return isinstance(model.denoiser, CausalLM)
+
+
+def block_of(model, length: int) -> int:
+    """The block size of a block-diffusion model for sequences of ``length`` characters (``length`` for MDLM and
+    for the baseline)."""
+    den = model.denoiser
+    return length if is_autoregressive(model) else den.block_size(length)
 
 
 def text_meta(model) -> dict:
@@ -69,7 +76,8 @@ def template(model, n: int, length: Optional[int] = None, prefix: Optional[str] 
 def generate(model, z: torch.Tensor, seed: int = 0, steps: Optional[int] = None, order: str = "ancestral",
              batch_size: int = 64, indices=None, info: Optional[dict] = None, top_p: float = 1.0) -> torch.Tensor:  # fmt: skip
     """Fill the mask ids of ``z`` [n, L]: the masked model in ``steps`` steps (default L), ancestral or
-    confidence-ordered; the autoregressive baseline left to right (``steps`` and ``order`` do not apply); each
+    confidence-ordered — a block-diffusion model block by block, ``steps`` per block (default the block size);
+    the autoregressive baseline left to right (``steps`` and ``order`` do not apply); each
     draw from the nucleus of probability ``top_p`` (1: the model's full distribution). ``info`` receives ``nfe``
     (mean network evaluations per sample) and ``steps``."""
     if order not in ORDERS:
@@ -79,13 +87,16 @@ def generate(model, z: torch.Tensor, seed: int = 0, steps: Optional[int] = None,
     den, dev = model.denoiser, model.device
     n, L = z.shape
     ar = is_autoregressive(model)
-    steps = steps or L
+    block = block_of(model, model.data.extra["text"]["length"])
+    steps = steps or min(block, L)
     used: list[torch.Tensor] = []
 
     def run_batch(_x, gens, cond, offset):
         zb = cond["z"].to(dev)
         if ar:
             out, nfe = sample_left_to_right(lambda t: den.net(shift_right(t, den.start_id)), zb, gens, den.vocab, top_p)
+        elif block < L:
+            out, nfe = sample_blocks(den.logits_after, zb, den.schedule, steps, gens, den.mask_id, block, order, top_p)
         else:
             out, nfe = sample_masked(den.net, zb, den.schedule, steps, gens, den.mask_id, order, top_p)
         used.append(nfe)
@@ -160,7 +171,9 @@ def text_nll(model, x: torch.Tensor, n_t: int = 32, seed: int = 0, T: Optional[i
             nll = den.token_nll(xb).double()
             per_seq.append((nll if kb is None else nll * ~kb).sum(dim=1).cpu())
         else:
-            per_seq.append(elbo_stratified(den.net, xb, den.schedule, den.vocab, n_t, g, T, kb).cpu())
+            n_blocks = x.shape[1] // block_of(model, x.shape[1])
+            fn = den.net if n_blocks == 1 else (lambda z, xb=xb: den.x_theta(z, xb))
+            per_seq.append(elbo_stratified(fn, xb, den.schedule, den.vocab, n_t, g, T, kb, n_blocks).cpu())
     free = torch.full((len(x),), x.shape[1], dtype=torch.float64) if keep is None else (~keep).sum(dim=1).double().cpu()
     nats = torch.cat(per_seq) / free
     bpc = nats / math.log(2)

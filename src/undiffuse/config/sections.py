@@ -140,6 +140,9 @@ class DiffusionConfig:
     var_type: reverse variance for sampling and the VLB (None: learned if learned, else fixed_small).
     clip: clip x̂_0 to this range when sampling (None: no clipping; images use (-1, 1)).
     sigma_data: σ_d of EDM preconditioning.
+    block_size: text only — block diffusion (BD3-LM, :mod:`undiffuse.diffusion.masked`): blocks of this many
+        tokens, each a masked diffusion given the clean blocks before it (0 or the window: one block, MDLM; 1:
+        autoregressive); it must divide data.window.
     """
 
     schedule: str = "linear"
@@ -153,8 +156,10 @@ class DiffusionConfig:
     var_type: Optional[str] = None
     clip: Optional[tuple[float, float]] = (-1.0, 1.0)
     sigma_data: float = 0.5
+    block_size: int = 0
 
     def __post_init__(self) -> None:
+        _positive(self, "block_size", allow_zero=True)
         _choice(self, "schedule", SCHEDULES + tuple(s for s in MASK_SCHEDULES if s not in SCHEDULES))
         _choice(self, "parameterization", PARAMETERIZATIONS)
         if self.weighting is not None:

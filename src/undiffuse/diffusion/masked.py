@@ -25,6 +25,16 @@ Masking schedules α_t (``MASK_SCHEDULES``): ``linear`` α_t = 1 − t (w = 1/t)
 ``loglinear`` (MDLM, SEDD) α_t = 1 − (1 − ε)t, total noise −log α_t, with ε = 1e-3, so a token survives to t = 1
 with probability ε; its prior p(z_1) is then ε·Uniform(V) + (1 − ε)·δ(m), and L_prior = ε·log V per token
 (0 for the other two). Bits per character are nats / (L · ln 2).
+
+**Block diffusion** (BD3-LM, Arriola et al. 2025): the sequence is cut into blocks x_1..x_N of ``block`` tokens and
+log p(x) = Σ_b log p(x_b | x_{<b}); each block's conditional is the masked process above with its own time t_b,
+x_θ seeing the noisy block and the *clean* earlier blocks, so the bound is the sum over blocks of the block ELBOs,
+
+    L_∞ = Σ_b ∫_0^1 w(t) · E_{z_b,t} [ Σ_{ℓ ∈ b: z^ℓ = m} −log x_θ(z_b,t, x_{<b})^ℓ[x^ℓ] ] dt      (BD3-LM Eq. 6),
+
+a true bound on −log p(x) (each term bounds −log p(x_b | x_{<b})). One block (block ≥ L) is MDLM; block = 1 is
+autoregression exactly (a single token's ELBO is ∫ w(t)(1 − α_t) dt · CE = CE). Training is one pass over
+[z_t ; x] (2L inputs, positions [0..L−1, 0..L−1]) with the mask of :func:`bd3_mask`; a t per block.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ from torch import nn
 from undiffuse.diffusion.autoregressive import sequence_nll
 
 __all__ = ["MASK_SCHEDULES", "MaskingSchedule", "mask_tokens", "masked_cross_entropy", "MaskedDenoiser",
-           "elbo_continuous", "elbo_discrete", "elbo_stratified"]  # fmt: skip
+           "elbo_continuous", "elbo_discrete", "elbo_stratified", "bd3_mask", "block_causal_mask"]  # fmt: skip
 
 MASK_SCHEDULES = ("linear", "cosine", "loglinear")
 LOGLINEAR_EPS = 1e-3
@@ -94,8 +104,10 @@ class MaskingSchedule:
 
 def mask_tokens(x: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, mask_id: int) -> torch.Tensor:
     """z_t ~ q(z_t | x) from uniforms ``u`` (shape of x): position ℓ is masked iff u^ℓ ≥ α_t. ``alpha`` is one α_t
-    per sequence [B]. With the same u, the masks of s < t are nested (a token masked at s stays masked at t)."""
-    a = alpha.to(u.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    per sequence [B] (or one per position, shape of x). With the same u, the masks of s < t are nested (a token
+    masked at s stays masked at t)."""
+    a = alpha.to(u.dtype)
+    a = a if a.shape == x.shape else a.reshape(-1, *([1] * (x.ndim - 1)))
     return torch.where(u >= a, torch.full_like(x, mask_id), x)
 
 
@@ -104,74 +116,157 @@ def masked_cross_entropy(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor,
     return (sequence_nll(logits, x) * (z == mask_id)).sum(dim=-1)
 
 
+def block_ids(length: int, block: int) -> torch.Tensor:
+    """The block of each position [length]: ℓ // block."""
+    return torch.arange(length) // block
+
+
+def block_causal_mask(length: int, block: int) -> torch.Tensor:
+    """[length, length] bool: position i may attend to j iff j's block ≤ i's block (the sampler's layout
+    [x_{<b} ; z_b]: clean earlier blocks attend block-causally, the noisy last block sees them and itself)."""
+    ids = block_ids(length, block)
+    return ids[:, None] >= ids[None, :]
+
+
+def bd3_mask(length: int, block: int) -> torch.Tensor:
+    """BD3-LM's training mask [2L, 2L] (bool, True = attend) for the input [z_t ; x]: a noisy token of block b
+    attends to the noisy tokens of block b and the clean tokens of blocks < b; a clean token attends to the clean
+    tokens of blocks ≤ its own (never to noisy ones). Query i of z_t then sees exactly what it sees in the sampler's
+    layout [x_{<b} ; z_b] under :func:`block_causal_mask`."""
+    ids = block_ids(length, block)
+    same, before = ids[:, None] == ids[None, :], ids[:, None] > ids[None, :]
+    top = torch.cat([same, before], dim=1)
+    bottom = torch.cat([torch.zeros_like(same), same | before], dim=1)
+    return torch.cat([top, bottom], dim=0)
+
+
+def block_times(k: torch.Tensor, n_blocks: int, T: int) -> torch.Tensor:
+    """Times per block [B, N] from the trainer's one discrete time k ∈ 1..T per sequence [B]: block b gets
+    k_b = (k − 1 + ⌊bT/N⌋) mod T + 1 and t_b = (k_b − ½)/T — each k_b uniform on 1..T when k is (the bound stays
+    unbiased), the N times of a sequence spread over [0, 1) (low-discrepancy, like the batch's times, MDLM
+    Sec. 3.5), and t_b on the same midpoint grid as MDLM's t (never 0). N = 1 gives (k − ½)/T."""
+    shift = (torch.arange(n_blocks, dtype=torch.long) * T) // n_blocks
+    kb = torch.remainder(k.long()[:, None] - 1 + shift.to(k.device), T) + 1
+    return (kb.double() - 0.5) / T
+
+
 class MaskedDenoiser(nn.Module):
     """The network ``net(z [B, L] token ids incl. the mask V) → logits [B, L, V]`` as the absorbing process's
-    x_θ, with the trainer's per-example loss (:meth:`example_loss`: the continuous-time ELBO in nats per token)."""
+    x_θ, with the trainer's per-example loss (:meth:`example_loss`: the continuous-time ELBO in nats per token).
+    ``block`` (0 or ≥ L: one block, MDLM) makes it a block-diffusion model (BD3-LM; module docstring): x_θ of a
+    block then also reads the clean earlier blocks (:meth:`x_theta`, :meth:`logits_after`)."""
 
     process = "masked"
     stratified_t = True  # the trainer draws the t of a batch low-discrepancy (MDLM Sec. 3.5; training.keyed)
 
-    def __init__(self, net: nn.Module, schedule: MaskingSchedule, vocab: int) -> None:
+    def __init__(self, net: nn.Module, schedule: MaskingSchedule, vocab: int, block: int = 0) -> None:
         super().__init__()
-        self.net, self.schedule, self.vocab = net, schedule, int(vocab)
+        self.net, self.schedule, self.vocab, self.block = net, schedule, int(vocab), int(block)
 
     @property
     def mask_id(self) -> int:
         return self.vocab
 
     def with_net(self, net: nn.Module) -> "MaskedDenoiser":
-        return MaskedDenoiser(net, self.schedule, self.vocab)
+        return MaskedDenoiser(net, self.schedule, self.vocab, self.block)
+
+    def block_size(self, length: int) -> int:
+        """The block size for sequences of ``length`` tokens (``length`` itself for MDLM)."""
+        return length if self.block <= 0 or self.block >= length else self.block
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Logits [B, L, V] of x_θ(z)."""
+        """Logits [B, L, V] of x_θ(z) (MDLM; a block model needs the clean blocks too: :meth:`x_theta`)."""
         return self.net(z)
+
+    def x_theta(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, L, V] of x_θ at every position of the noisy z [B, L], block b reading z's block b and x's
+        blocks < b: one pass over [z ; x] with :func:`bd3_mask` (MDLM: net(z))."""
+        L = z.shape[-1]
+        size = self.block_size(L)
+        if size == L:
+            return self.net(z)
+        pos = torch.arange(L, device=z.device)
+        return self.net(torch.cat([z, x], dim=1), pos=torch.cat([pos, pos]), mask=bd3_mask(L, size))[:, :L]
+
+    def logits_after(self, prefix: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+        """Logits [B, n, V] of x_θ for a noisy block zb [B, n] that follows the clean ``prefix`` [B, P] (P a
+        multiple of the block size): the sampler's layout [prefix ; zb] with :func:`block_causal_mask`."""
+        P, n = prefix.shape[1], zb.shape[1]
+        if P == 0:
+            return self.net(zb)
+        size = self.block_size(P + n)
+        return self.net(torch.cat([prefix, zb], dim=1), mask=block_causal_mask(P + n, size))[:, P:]
 
     def example_loss(self, schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, **cond) -> torch.Tensor:
         """One-sample estimate of L_∞ per token [B] (nats): :func:`elbo_continuous` at the trainer's draws — time
-        (t − ½)/T, masks from the uniforms Φ(noise) (:func:`mask_tokens`)."""
+        (t − ½)/T (per block: :func:`block_times`), masks from the uniforms Φ(noise) (:func:`mask_tokens`)."""
         x = x0.long()
+        L = x.shape[-1]
         tc = (t.double() - 0.5) / self.schedule.T
         u = torch.special.ndtr(noise.double())
-        return (elbo_continuous(self.net, x, self.schedule, tc, u, self.mask_id) / x.shape[-1]).float()
+        size = self.block_size(L)
+        if size < L:
+            tc = block_times(t, -(-L // size), self.schedule.T)
+        logits = self.net if size == L else (lambda z: self.x_theta(z, x))
+        return (elbo_continuous(logits, x, self.schedule, tc, u, self.mask_id) / L).float()
 
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _term(logits: Logits, x: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, mask_id: int) -> torch.Tensor:
-    z = mask_tokens(x, alpha, u, mask_id)
-    return masked_cross_entropy(logits(z), x, z, mask_id).double()
+    """The masked cross-entropy per sequence and block [B, N] (nats) at one α per block ``alpha`` [B, N]."""
+    B, L = x.shape
+    N = alpha.shape[1]
+    size = -(-L // N)
+    a = alpha if N == 1 else alpha.repeat_interleave(size, dim=1)[:, :L]
+    z = mask_tokens(x, a.reshape(B) if N == 1 else a, u, mask_id)
+    lg = logits(z)
+    if N == 1:
+        return masked_cross_entropy(lg, x, z, mask_id).double()[:, None]
+    return torch.stack([masked_cross_entropy(lg[:, j : j + size], x[:, j : j + size], z[:, j : j + size], mask_id)
+                        for j in range(0, L, size)], dim=1).double()  # fmt: skip
+
+
+def _per_block(t: torch.Tensor, B: int) -> torch.Tensor:
+    return t.reshape(B, -1)
 
 
 def elbo_continuous(logits: Logits, x: torch.Tensor, schedule: MaskingSchedule, t: torch.Tensor,
                     u: torch.Tensor, vocab: int) -> torch.Tensor:  # fmt: skip
-    """w(t)·CE(z_t) + L_prior per sequence [B] (nats): an unbiased one-time estimate of L_∞ for t ~ U(0, 1) [B]
-    with masking uniforms u [B, L]."""
+    """Σ_b w(t_b)·CE_b(z_t) + L_prior per sequence [B] (nats): an unbiased one-time estimate of L_∞ for times
+    t ~ U(0, 1) — one per sequence [B] (MDLM), or one per block [B, N] (block diffusion; ``logits`` then reads the
+    clean x itself, e.g. :meth:`MaskedDenoiser.x_theta`) — with masking uniforms u [B, L]."""
+    t = _per_block(t, len(x))
     ce = _term(logits, x, schedule.alpha(t).to(x.device), u, vocab)
-    return schedule.weight(t).to(ce.device) * ce + schedule.prior_nats(vocab) * x.shape[-1]
+    return (schedule.weight(t).to(ce.device) * ce).sum(dim=1) + schedule.prior_nats(vocab) * x.shape[-1]
 
 
 def elbo_discrete(logits: Logits, x: torch.Tensor, schedule: MaskingSchedule, i: torch.Tensor, T: int,
                   u: torch.Tensor, vocab: int) -> torch.Tensor:  # fmt: skip
-    """T·(step term i) + L_prior per sequence [B] (nats): an unbiased one-step estimate of L_T for i uniform on
-    1..T [B] (the step term is (α_s − α_t)/(1 − α_t)·CE(z_t) at t = i/T, s = (i − 1)/T)."""
+    """Σ_b T·(step term i_b) + L_prior per sequence [B] (nats): an unbiased one-step estimate of L_T for i uniform
+    on 1..T, one per sequence [B] or per block [B, N] (the step term is (α_s − α_t)/(1 − α_t)·CE(z_t) at
+    t = i/T, s = (i − 1)/T)."""
+    i = _per_block(i, len(x))
     t, s = i.double() / T, (i.double() - 1) / T
     ce = _term(logits, x, schedule.alpha(t).to(x.device), u, vocab)
-    return T * schedule.step_weight(s, t).to(ce.device) * ce + schedule.prior_nats(vocab) * x.shape[-1]
+    return (T * schedule.step_weight(s, t).to(ce.device) * ce).sum(dim=1) + schedule.prior_nats(vocab) * x.shape[-1]
 
 
 def elbo_stratified(logits: Logits, x: torch.Tensor, schedule: MaskingSchedule, vocab: int, n_t: int,
                     generator: Optional[torch.Generator] = None, T: Optional[int] = None,
-                    keep: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+                    keep: Optional[torch.Tensor] = None, blocks: int = 1) -> torch.Tensor:  # fmt: skip
     """A stratified-t estimate of the bound per sequence [B] (nats) for ``vocab`` = V real tokens (V is the mask
     id): the mean over n_t strata [k/n_t, (k+1)/n_t) of one draw of t each (``T`` None: L_∞) or of step indices
     i ∈ 1..T in n_t equal strata (``T``: the discrete L_T). Unbiased, with far less variance than one t per
     sequence; the standard error over sequences is then an honest (slightly conservative) error bar of the mean. ``keep`` [B, L] (True = never masked) gives the bound
-    on −log p(x_free | x_keep) of the other positions (infilling); L_prior then counts only those."""
+    on −log p(x_free | x_keep) of the other positions (infilling); L_prior then counts only those. ``blocks`` > 1:
+    a block-diffusion model's bound, each block its own draw in each stratum (``logits`` reads the clean x)."""
     B, L = x.shape
     total = torch.zeros(B, dtype=torch.float64, device=x.device)
     for k in range(n_t):
-        r = torch.rand(B, generator=generator, dtype=torch.float64).to(x.device)
+        r = torch.rand(B, blocks, generator=generator, dtype=torch.float64).to(x.device)
+        r = r[:, 0] if blocks == 1 else r
         u = torch.rand(B, L, generator=generator, dtype=torch.float64).to(x.device)
         if keep is not None:
             u = torch.where(keep.to(x.device), torch.full_like(u, -1.0), u)  # u < α_t for every t: never masked

@@ -1,11 +1,14 @@
 """A transformer over token sequences: bidirectional (the masked-diffusion denoiser x_θ(z_t)) or causal (the
 autoregressive baseline), otherwise the same network, so the two have the same size.
 
-``Transformer(tokens [B, L] int64) -> logits [B, L, V]``. Tokens are ids in 0..V, where V is the mask token
+``Transformer(tokens [B, L] int64, pos=None, mask=None) -> logits [B, L, V]``. Tokens are ids in 0..V, where V is the mask token
 (the denoiser's input) or the start symbol (the causal model's first input); the output covers the V real
 tokens only. Pre-LayerNorm blocks (Xiong et al. 2020) of multi-head self-attention through
 ``F.scaled_dot_product_attention`` (``is_causal`` for the baseline) and a GELU MLP of width 4·hidden; positions
 enter as rotary embeddings of queries and keys (RoFormer, Su et al. 2021, as in MDLM's network), up to ``max_len``.
+``pos`` [L] gives each input its position id (default 0..L−1) and ``mask`` [L, L] (bool, True = may attend) which
+keys each query sees: block diffusion (BD3-LM, Arriola et al. 2025) feeds [z_t ; x] with positions [0..L−1, 0..L−1]
+and its block mask (:func:`undiffuse.diffusion.masked.bd3_mask`) through the same network.
 Measured: with learned absolute positions the bidirectional model stayed at the unigram loss for 250 steps on
 the KJV (attention had to learn "look at my neighbour" from absolute positions, while the causal model reads its
 previous character off its own input); rotary positions make relative offsets available from the first step.
@@ -19,7 +22,7 @@ models have exactly the same parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -68,12 +71,13 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h: torch.Tensor, rot: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, rot: tuple[torch.Tensor, torch.Tensor],
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
         B, L, d = h.shape
         q, k, v = self.qkv(self.ln1(h)).view(B, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k = rotate(q, *rot), rotate(k, *rot)
-        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=self.causal)  # fmt: skip
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=self.causal and mask is None)  # fmt: skip
         h = h + self.drop(self.proj(a.transpose(1, 2).reshape(B, L, d)))
         return h + self.drop(self.mlp(self.ln2(h)))
 
@@ -100,12 +104,17 @@ class Transformer(nn.Module):
         """From any config with the :class:`TransformerConfig` fields (e.g. ``undiffuse.config.ModelConfig``)."""
         return cls(vocab, max_len, cfg.hidden, cfg.depth, cfg.num_heads, cfg.dropout, causal)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, pos: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+        """Logits [B, L, V]; ``pos`` [L] position ids (default 0..L−1), ``mask`` [L, L] bool (True = attend)."""
         L = tokens.shape[1]
-        if L > self.max_len:
-            raise ValueError(f"sequence of {L} tokens is longer than the network's {self.max_len}")
+        top = L if pos is None else int(pos.max()) + 1
+        if top > self.max_len:
+            raise ValueError(f"position {top - 1} lies beyond the network's {self.max_len} positions")
         h = self.tok(tokens.long())
-        rot = (self.cos[:L], self.sin[:L])
+        rot = (self.cos[:L], self.sin[:L]) if pos is None else (self.cos[pos], self.sin[pos])
+        if mask is not None:
+            mask = mask.to(h.device)
         for block in self.blocks:
-            h = block(h, rot)
+            h = block(h, rot, mask)
         return self.head(self.ln(h))

@@ -10,6 +10,13 @@ that output (MDLM's caching): with K > L most steps cost no network evaluation. 
 greedy variant (MaskGIT, Chang et al. 2022): each step unmasks the same expected number of positions, but those
 whose drawn token is most probable under x_θ, instead of random ones.
 
+``sample_blocks`` — block diffusion (BD3-LM, Arriola et al. 2025): blocks left to right, each by ``sample_masked``
+(K steps per block, the cache within a block) with x_θ reading the finished earlier blocks as clean context. Given
+positions are kept; within a block they condition the block's other positions, and a block never sees given
+positions of later blocks (they cannot inform earlier ones). Block j of row i draws from a generator seeded by
+the j-th of the seeds that row i's generator draws first, so row i depends on its own generator alone, also when
+other rows of the batch have a given block where it has none.
+
 ``sample_left_to_right`` — the autoregressive baseline: position by position, each drawn from
 p_θ(x^ℓ | x^{<ℓ}); given positions are kept (it cannot look at given characters to the right of a gap).
 
@@ -28,7 +35,7 @@ import torch
 
 from undiffuse.diffusion.masked import MaskingSchedule
 
-__all__ = ["sample_masked", "sample_left_to_right", "gumbel_draw", "nucleus"]
+__all__ = ["sample_masked", "sample_blocks", "sample_left_to_right", "gumbel_draw", "nucleus"]
 
 Logits = Callable[[torch.Tensor], torch.Tensor]  # z [b, L] → logits [b, L, V]
 
@@ -61,10 +68,11 @@ def gumbel_draw(logits: torch.Tensor, u: torch.Tensor, top_p: float = 1.0) -> tu
 
 def sample_masked(logits_fn: Logits, z: torch.Tensor, schedule: MaskingSchedule, steps: int,
                   generators: Sequence[torch.Generator], mask_id: int, order: str = "ancestral",
-                  top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                  top_p: float = 1.0, context: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Sequences [b, L] from the starting ``z`` (mask id where to generate) in ``steps`` steps, and the network
     evaluations each row used [b]. A ``schedule`` with α_1 > 0 (loglinear) first draws each masked position from
-    the prior ε·Uniform(V) + (1 − ε)·δ(m); ``top_p``: nucleus draws."""
+    the prior ε·Uniform(V) + (1 − ε)·δ(m); ``top_p``: nucleus draws. ``context`` [b, P]: clean tokens before z
+    (block diffusion); ``logits_fn`` then takes (context rows, z rows)."""
     if order not in ("ancestral", "confidence"):
         raise ValueError(f"unknown order {order!r}: ancestral or confidence")
     z = z.clone()
@@ -87,7 +95,7 @@ def sample_masked(logits_fn: Logits, z: torch.Tensor, schedule: MaskingSchedule,
         need = stale & masked.any(dim=1).cpu()
         if need.any():  # the cache: rows whose z is unchanged keep their x_θ(z)
             rows = need.nonzero().squeeze(1).to(z.device)
-            out = logits_fn(z[rows]).double()
+            out = (logits_fn(z[rows]) if context is None else logits_fn(context[rows], z[rows])).double()
             logits = out.new_zeros(b, L, out.shape[-1]) if logits is None else logits
             logits[rows] = out
             nfe += need.long()
@@ -106,6 +114,26 @@ def sample_masked(logits_fn: Logits, z: torch.Tensor, schedule: MaskingSchedule,
             reveal = masked & (rank < n_reveal.unsqueeze(1))
         z = torch.where(reveal, tok.to(z.device), z)
         stale = reveal.any(dim=1).cpu()
+    return z, nfe
+
+
+def sample_blocks(logits_after: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z: torch.Tensor,
+                  schedule: MaskingSchedule, steps: int, generators: Sequence[torch.Generator], mask_id: int,
+                  block: int, order: str = "ancestral", top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Sequences [b, L] from ``z`` block by block, ``steps`` steps per block; ``logits_after(prefix [b, P], zb
+    [b, n]) → logits [b, n, V]`` is x_θ of the noisy block zb after the clean prefix. Returns the sequences and the
+    network evaluations per row [b] (summed over blocks)."""
+    z = z.clone()
+    b, L = z.shape
+    n_blocks = -(-L // block)
+    seeds = torch.stack([torch.randint(0, 2**62, (n_blocks,), generator=g) for g in generators])  # [b, N]
+    nfe = torch.zeros(b, dtype=torch.long)
+    for j in range(n_blocks):
+        lo, hi = j * block, min(L, (j + 1) * block)
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[:, j]]
+        out, used = sample_masked(logits_after, z[:, lo:hi], schedule, steps, gens, mask_id, order, top_p, z[:, :lo])
+        z[:, lo:hi] = out
+        nfe += used
     return z, nfe
 
 
