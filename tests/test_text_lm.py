@@ -535,3 +535,36 @@ def test_block_sampler_exact_distribution_determinism_and_kept_characters():
     assert a[0, :2].tolist() == [1, 2] and int(a[1, 3]) == 0 and bool((a != V).all())
     c, _ = sample_blocks(after, z, MaskingSchedule("linear"), 3, sample_generators(6, range(3)), V, block)
     assert not torch.equal(a, c)
+
+
+def test_clipped_training_range_maps_times_and_leaves_the_bound_alone():
+    """diffusion.mask_range: the training loss draws t on [low, high] (with the exact denoiser of the chain its mean
+    is then the ELBO integrand averaged over that range, checked against the exact L_T of a fine grid restricted to
+    it), and the evaluation bound does not change."""
+    from undiffuse.config import DiffusionConfig
+    from undiffuse.diffusion.masked import MaskedDenoiser
+    from undiffuse.errors import ConfigError
+    from undiffuse.training.keyed import draw_step
+
+    class Perfect(torch.nn.Module):
+        def forward(self, z):
+            return perfect_logits(z)
+
+    j, lo, hi = 40, 0.5, 1.0
+    den = MaskedDenoiser(Perfect(), MaskingSchedule("linear"), V, train_range=(lo, hi))
+    x = SEQS[[j]].repeat(16, 1)
+    m = torch.tensor([float(den.example_loss(None, x, d.t, d.noise).mean()) * L
+                      for d in (draw_step(0, step, 16, (L,), 1000, stratified=True) for step in range(100))])  # fmt: skip
+    T = 64  # the integral of w(t)·E[CE] over [0.5, 1] / 0.5: the last T/2 step terms of L_T (×2), T large
+    sch = MaskingSchedule("linear")
+    part = 0.0
+    for i in range(T // 2 + 1, T + 1):
+        a_t, w = float(sch.alpha(torch.tensor(i / T))), float(sch.step_weight(torch.tensor((i - 1) / T), torch.tensor(i / T)))
+        for pat in itertools.product([False, True], repeat=L):
+            msk = torch.tensor(pat)
+            if msk.any():
+                z = torch.where(msk, torch.full_like(SEQS[j], V), SEQS[j])
+                part += a_t ** (L - int(msk.sum())) * (1 - a_t) ** int(msk.sum()) * w * float(-perfect_logits(z[None])[0, msk, SEQS[j][msk]].sum())
+    assert abs(float(m.mean()) - part / (hi - lo)) < 4 * float(m.std() / math.sqrt(len(m))) + 0.02 * part
+    with pytest.raises(ConfigError, match="mask_range"):
+        DiffusionConfig(mask_range=(0.9, 0.2))

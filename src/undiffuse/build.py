@@ -216,7 +216,7 @@ def _text_model(cfg: RunConfig, info: DataInfo) -> nn.Module:
     if d.block_size and window % d.block_size:
         raise ConfigError(f"diffusion.block_size = {d.block_size} does not divide data.window = {window} — choose a "
                           "divisor (or 0 for one block, MDLM)")  # fmt: skip
-    return MaskedDenoiser(net, schedule, vocab, d.block_size)
+    return MaskedDenoiser(net, schedule, vocab, d.block_size, d.mask_range)
 
 
 def architecture_signature(cfg: RunConfig, info: DataInfo) -> str:

@@ -143,6 +143,8 @@ class DiffusionConfig:
     block_size: text only — block diffusion (BD3-LM, :mod:`undiffuse.diffusion.masked`): blocks of this many
         tokens, each a masked diffusion given the clean blocks before it (0 or the window: one block, MDLM; 1:
         autoregressive); it must divide data.window.
+    mask_range: text only — train on times t ∈ [low, high] only (BD3-LM's clipped masking rates, less gradient
+        variance for small blocks; None: all of [0, 1]). Reported bounds always integrate all of [0, 1].
     """
 
     schedule: str = "linear"
@@ -157,9 +159,13 @@ class DiffusionConfig:
     clip: Optional[tuple[float, float]] = (-1.0, 1.0)
     sigma_data: float = 0.5
     block_size: int = 0
+    mask_range: Optional[tuple[float, float]] = None
 
     def __post_init__(self) -> None:
         _positive(self, "block_size", allow_zero=True)
+        if self.mask_range is not None and not 0.0 <= self.mask_range[0] < self.mask_range[1] <= 1.0:
+            raise ConfigError(f"diffusion.mask_range = {self.mask_range} must be (low, high) with 0 ≤ low < high ≤ 1 — "
+                              "e.g. 0.45,0.95 or none")  # fmt: skip
         _choice(self, "schedule", SCHEDULES + tuple(s for s in MASK_SCHEDULES if s not in SCHEDULES))
         _choice(self, "parameterization", PARAMETERIZATIONS)
         if self.weighting is not None:

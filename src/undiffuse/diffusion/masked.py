@@ -154,21 +154,25 @@ class MaskedDenoiser(nn.Module):
     """The network ``net(z [B, L] token ids incl. the mask V) → logits [B, L, V]`` as the absorbing process's
     x_θ, with the trainer's per-example loss (:meth:`example_loss`: the continuous-time ELBO in nats per token).
     ``block`` (0 or ≥ L: one block, MDLM) makes it a block-diffusion model (BD3-LM; module docstring): x_θ of a
-    block then also reads the clean earlier blocks (:meth:`x_theta`, :meth:`logits_after`)."""
+    block then also reads the clean earlier blocks (:meth:`x_theta`, :meth:`logits_after`). ``train_range`` (low,
+    high): the training loss draws t on [low, high] only (BD3-LM Sec. 5's clipped masking rates, for lower-variance
+    gradients) — it then estimates the bound's integral over that range, not the bound; evaluation is unaffected."""
 
     process = "masked"
     stratified_t = True  # the trainer draws the t of a batch low-discrepancy (MDLM Sec. 3.5; training.keyed)
 
-    def __init__(self, net: nn.Module, schedule: MaskingSchedule, vocab: int, block: int = 0) -> None:
+    def __init__(self, net: nn.Module, schedule: MaskingSchedule, vocab: int, block: int = 0,
+                 train_range: Optional[tuple[float, float]] = None) -> None:  # fmt: skip
         super().__init__()
         self.net, self.schedule, self.vocab, self.block = net, schedule, int(vocab), int(block)
+        self.train_range = None if train_range is None else (float(train_range[0]), float(train_range[1]))
 
     @property
     def mask_id(self) -> int:
         return self.vocab
 
     def with_net(self, net: nn.Module) -> "MaskedDenoiser":
-        return MaskedDenoiser(net, self.schedule, self.vocab, self.block)
+        return MaskedDenoiser(net, self.schedule, self.vocab, self.block, self.train_range)
 
     def block_size(self, length: int) -> int:
         """The block size for sequences of ``length`` tokens (``length`` itself for MDLM)."""
@@ -207,6 +211,9 @@ class MaskedDenoiser(nn.Module):
         size = self.block_size(L)
         if size < L:
             tc = block_times(t, -(-L // size), self.schedule.T)
+        if self.train_range is not None:  # BD3-LM's clipped rates: t uniform on [low, high] (not the bound itself)
+            lo, hi = self.train_range
+            tc = lo + (hi - lo) * tc
         logits = self.net if size == L else (lambda z: self.x_theta(z, x))
         return (elbo_continuous(logits, x, self.schedule, tc, u, self.mask_id) / L).float()
 
