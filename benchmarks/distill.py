@@ -1,16 +1,19 @@
 """Few-step students by distillation (issue 15): quality at 1, 2 and 4 steps beside the teacher, and the cost.
 
-    python benchmarks/distill.py toy    --teacher RUNS/toy25 --work DIR [--steps 3000] [--start-steps 64]
-    python benchmarks/distill.py fmnist --teacher RUNS/fmnist --work DIR [--steps 600] [--n 2000] [--start-steps 16]
+    python benchmarks/distill.py toy    --teacher RUNS/toy25 --work DIR [--steps 3000] [--teacher-solver none --start-steps 64]
+    python benchmarks/distill.py fmnist --teacher RUNS/fmnist --work DIR [--steps 600] [--n 2000] [--target-steps 4]
     python benchmarks/distill.py fmnist --table      # the markdown table of the saved results
 
 For each method (``progressive``, ``consistency``) one student is distilled from the teacher with
 :func:`undiffuse.training.distill.distill` on one thread, timed in CPU-seconds (``time.process_time``):
 
-- progressive: one run with ``--target-steps 1 --start-steps S`` (rounds S/2, S/4, …, 1, each ``steps/rounds``
-  optimizer steps); its checkpoints at the end of the 4-, 2- and 1-step rounds are the 4-, 2- and 1-step
-  students (DDIM on the student grid); the CPU cost of a row is the cost up to that round (with accurate-teacher
-  targets, ``--set distill.teacher_solver=…``, the whole run's: its teacher pool serves every round);
+- progressive: one run with ``--target-steps K`` (default 1) and ``--start-steps S`` (default: the library's,
+  2K — one round — with accurate-teacher targets, the default, or 64 with ``--teacher-solver none``; rounds
+  S/2, S/4, …, K, each ``steps/rounds`` optimizer steps); its checkpoints at the end of the 4-, 2- and 1-step
+  rounds are the 4-, 2- and 1-step students (DDIM on the student grid); the CPU cost of a row is the cost up to
+  that round (with accurate-teacher targets the whole run's: its teacher pool, made first, serves every round).
+  The rows "progressive student" / "…, earlier recipe" were made with ``--teacher-solver none --start-steps 64``
+  (toy) and ``--teacher-solver none --start-steps 16`` (fmnist);
 - consistency: one run; the same student samples with 1, 2 and 4 steps of multistep consistency sampling.
 
 Quality: the 25-Gaussian toy — modes covered and the high-quality share (within 3σ of a mode) of 2,500
@@ -113,27 +116,29 @@ def _save(dataset: str, result: dict, teacher_row=None, methods=(), rows=()) -> 
                                                      "note": "classifier FD (undiffuse eval), test split, seed 0"})
 
 
-def _distill_timed(teacher: str, out: Path, method: str, steps: int, start: int, overrides: list[str]) -> float:
+def _distill_timed(teacher: str, out: Path, method: str, steps: int, start, target: int, solver, overrides: list[str]) -> float:
     from undiffuse.training.distill import distill
 
     c0 = time.process_time()
-    kw = dict(target_steps=1, start_steps=start) if method == "progressive" else dict(target_steps=1)
+    kw = dict(target_steps=target, start_steps=start, teacher_solver=solver) if method == "progressive" else dict(target_steps=1)
     distill(teacher, out, method, steps=steps, overrides=overrides, progress=False, **kw)
     return time.process_time() - c0
 
 
-def student_rows(teacher: str, work: Path, method: str, steps: int, start: int, score, n: int,
+def student_rows(teacher: str, work: Path, method: str, steps: int, start, target: int, solver, score, n: int,
                  overrides: list[str], who: str) -> list[dict]:  # fmt: skip
     import undiffuse.api as api
     from undiffuse.runs import saved_config
     from undiffuse.training.distill import progressive_rounds
 
     out = work / method
-    cpu = _distill_timed(teacher, out, method, steps, start, overrides)
-    rounds = progressive_rounds(start, 1)
-    round_steps = saved_config(out).distill.round_steps
+    cpu = _distill_timed(teacher, out, method, steps, start, target, solver, overrides)
+    d = saved_config(out).distill
+    rounds, round_steps = progressive_rounds(d.start_steps, d.target_steps), d.round_steps
     rows = []
     for k in STEPS[::-1]:
+        if method == "progressive" and k not in rounds:
+            continue
         if method == "progressive":  # the checkpoint at the end of the k-step round
             rnd = rounds.index(k) + 1
             step = rnd * round_steps
@@ -195,7 +200,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="distillation steps per method (toy 3000, fmnist 600)")
     ap.add_argument("--n", type=int, default=None, help="samples per row (toy 2500, fmnist 2000)")
     ap.add_argument("--methods", default="progressive,consistency", help="comma-separated; 'none' for none")
-    ap.add_argument("--start-steps", type=int, default=64, help="progressive: the teacher's DDIM steps of round 1")
+    ap.add_argument("--start-steps", type=int, default=None, help="progressive: the teacher steps of round 1 (default: "
+                    "the library's — 2 × target with a teacher solver, else 64)")
+    ap.add_argument("--target-steps", type=int, default=1, help="progressive: the last round's steps (default 1)")
+    ap.add_argument("--teacher-solver", default=None, help="progressive: the accurate-teacher solver (default: the "
+                    "library's, unipc); 'none' for two DDIM steps of each round's teacher")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="student config overrides")
     ap.add_argument("--label", default=None, help="the rows' model label (default 'METHOD student'); rows of other "
                     "labels are kept, those of this one replaced")
@@ -209,6 +218,8 @@ def main(argv=None) -> int:
     if args.teacher is None or args.work is None:
         ap.error("--teacher and --work are required to measure")
     import torch
+
+    from undiffuse.runs import saved_config
 
     torch.set_num_threads(1)
     toy = args.dataset == "toy"
@@ -224,9 +235,13 @@ def main(argv=None) -> int:
     for method in methods:
         load0 = os.getloadavg()[0]
         who = args.label or f"{method} student"
-        rows = student_rows(args.teacher, Path(args.work), method, steps, args.start_steps, score, n, args.overrides, who)
+        solver = "" if args.teacher_solver == "none" else args.teacher_solver
+        rows = student_rows(args.teacher, Path(args.work), method, steps, args.start_steps, args.target_steps, solver,
+                            score, n, args.overrides, who)  # fmt: skip
+        d = saved_config(Path(args.work) / method).distill
         settings = {"steps": steps, "overrides": args.overrides, "load_avg": [load0, os.getloadavg()[0]],
-                    **({"start_steps": args.start_steps} if method == "progressive" else {})}  # fmt: skip
+                    **({"start_steps": d.start_steps, "target_steps": d.target_steps, "teacher_solver": d.teacher_solver}
+                       if method == "progressive" else {})}  # fmt: skip
         key = f"{who} settings" if args.label else f"{method}_settings"
         _save(args.dataset, {**result, key: settings}, methods=(who,), rows=rows)
     return 0

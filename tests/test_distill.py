@@ -203,6 +203,8 @@ def test_distill_resume_is_exact(tiny_run, tmp_path, method):
 
     pool = ["distill.teacher_solver=unipc", "distill.teacher_steps=8", "distill.pool=12"] if "pool" in method else []
     kw = dict(target_steps=1, start_steps=4, overrides=[*FP32, "distill.round_steps=3", *pool], progress=False)
+    if method == "progressive":
+        kw["teacher_solver"] = ""  # Salimans & Ho's targets: two DDIM steps of each round's teacher
     method = method.split("-")[0]
     distill(tiny_run, tmp_path / "a", method, steps=6, **kw)
     distill(tiny_run, tmp_path / "b", method, steps=4, **kw)
@@ -259,7 +261,7 @@ def test_progressive_student_samples_ddim_on_its_grid_and_cli(tiny_run, tmp_path
 
     out = tmp_path / "p"
     args = ["distill", str(tiny_run), "--out", str(out), "--method", "progressive", "--target-steps", "2",
-            "--start-steps", "8", "--steps", "4", "--quiet"]  # fmt: skip
+            "--start-steps", "8", "--steps", "4", "--teacher-solver", "none", "--quiet"]  # fmt: skip
     for s in FP32:
         args += ["--set", s]
     assert main(args) == 0
@@ -276,6 +278,58 @@ def test_progressive_student_samples_ddim_on_its_grid_and_cli(tiny_run, tmp_path
     shutil.copytree(tiny_run, copy)
     assert main(["distill", "--out", str(copy), "--resume"]) == 2
     assert "not a distilled student" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", [4, 1])
+def test_progressive_default_is_one_round_on_the_teacher_pool(tiny_run, tmp_path, target):
+    """`distill --method progressive --target-steps K` without --start-steps or --teacher-solver: accurate-teacher
+    targets (unipc), one round of K steps from 2K teacher steps holding every optimizer step, a pool of K + 1
+    states per trajectory, and the student samples DDIM in K steps; `--teacher-solver none` keeps Salimans & Ho's
+    halving from 64 teacher DDIM steps (rounds 32, 16, …, K)."""
+    from undiffuse.cli.main import main
+    from undiffuse.runs import saved_config
+    from undiffuse.training.distill import progressive_rounds
+
+    base = ["--method", "progressive", "--target-steps", str(target), "--steps", "3", "--quiet", "--set", "distill.pool=6"]
+    for s in FP32:
+        base += ["--set", s]
+    out = tmp_path / "d"
+    assert main(["distill", str(tiny_run), "--out", str(out), *base]) == 0
+    cfg = saved_config(out)
+    d = cfg.distill
+    assert (d.teacher_solver, d.start_steps, d.round_steps, cfg.train.steps) == ("unipc", 2 * target, 3, 3)
+    assert progressive_rounds(d.start_steps, d.target_steps) == [target]
+    assert (cfg.sample.sampler, cfg.sample.steps) == ("ddim", target)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "teacher_pool.safetensors"), "pt") as f:
+        assert f.get_slice("x").get_shape()[:2] == [6, target + 1]
+    old = tmp_path / "old"
+    assert main(["distill", str(tiny_run), "--out", str(old), *base, "--teacher-solver", "none"]) == 0
+    d = saved_config(old).distill
+    assert (d.teacher_solver, d.start_steps, d.round_steps) == ("", 64, 1)
+    assert progressive_rounds(d.start_steps, d.target_steps)[0] == 32 and not (old / "teacher_pool.safetensors").exists()
+
+
+def test_student_config_defaults():
+    """Without --steps: 500 optimizer steps with accurate-teacher targets (the pool is charged to the budget), 600
+    otherwise; a progressive student drops the teacher's dropout (deterministic targets), a consistency student
+    keeps it (iCT)."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from undiffuse.config import get_preset
+    from undiffuse.training.distill import student_config
+
+    base = get_preset("digits-tiny")
+    teacher = SimpleNamespace(config=replace(base, model=replace(base.model, dropout=0.1)), step=4,
+                              data=SimpleNamespace(kind="image"))  # fmt: skip
+    pa = student_config(teacher, "runs/t", "progressive", 4)
+    assert (pa.train.steps, pa.distill.start_steps, pa.distill.teacher_solver, pa.model.dropout) == (500, 8, "unipc", 0.0)
+    old = student_config(teacher, "runs/t", "progressive", 4, teacher_solver="")
+    assert (old.train.steps, old.distill.start_steps, old.distill.round_steps, old.model.dropout) == (600, 64, 150, 0.0)
+    cd = student_config(teacher, "runs/t", "consistency", 2)
+    assert (cd.train.steps, cd.distill.teacher_solver, cd.model.dropout) == (600, "", 0.1)
 
 
 def test_cli_teacher_solver(tiny_run, tmp_path, capsys):

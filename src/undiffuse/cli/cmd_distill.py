@@ -20,13 +20,15 @@ def add_parser(sub) -> None:
     p.add_argument("--method", choices=("progressive", "consistency"), default=None, help="distillation method")
     p.add_argument("--target-steps", type=positive_int, default=4, help="the student's sampling steps (default 4)")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="optimizer steps in all (default 600; progressive: split evenly over its rounds)")
-    p.add_argument("--start-steps", type=positive_int, default=64,
-                   help="progressive: the teacher's DDIM steps that the first round halves (target × a power of 2)")
+                   help="optimizer steps in all (default 500 for progressive with a teacher solver, else 600; "
+                   "progressive: split evenly over its rounds)")
+    p.add_argument("--start-steps", type=positive_int, default=None,
+                   help="progressive: the teacher steps that the first round halves (target × a power of 2; default "
+                   "2 × target — one round — with a teacher solver, 64 with --teacher-solver none)")
     p.add_argument("--teacher-solver", default=None, metavar="SAMPLER",
-                   help="progressive: learn the teacher's own ODE solution by SAMPLER (e.g. unipc) over "
-                   "distill.teacher_steps steps, precomputed for distill.pool noises, instead of two DDIM steps of the "
-                   "previous round's student (docs/distill.md)")
+                   help="progressive: learn the teacher's own ODE solution by SAMPLER (default unipc) over "
+                   "distill.teacher_steps steps, precomputed for distill.pool noises; 'none' for Salimans & Ho's "
+                   "targets, two DDIM steps of the previous round's student (docs/distill.md)")
     p.add_argument("--checkpoint", default=None, help="the teacher's checkpoint (step number; default: the latest)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the student's config, e.g. --set train.lr=2e-4 --set train.batch_size=128")
@@ -42,10 +44,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and (args.teacher or args.method or args.overrides or args.teacher_solver):
         raise UserError("--resume continues STUDENT with its saved teacher, method and settings — drop TEACHER, "
                         "--method and --set")  # fmt: skip
-    overrides = [*args.overrides, *([f"distill.teacher_solver={args.teacher_solver}"] if args.teacher_solver else [])]
+    solver = "" if args.teacher_solver == "none" else args.teacher_solver
     checkpoint = int(args.checkpoint) if args.checkpoint and args.checkpoint.isdigit() else args.checkpoint
     s = distill(args.teacher, args.out, args.method, args.target_steps, args.steps, args.resume, args.start_steps,
-                overrides, checkpoint, args.device, progress=not args.quiet)  # fmt: skip
+                args.overrides, checkpoint, args.device, progress=not args.quiet, teacher_solver=solver)  # fmt: skip
     if s.interrupted:
         print(f"interrupted at step {s.step}; checkpoint saved: {s.checkpoint} — continue with --resume")
         return 130
