@@ -303,8 +303,8 @@ def student_config(
     ``teacher_solver`` (progressive only): None for the default, ``unipc`` (accurate-teacher targets), or "" for
     Salimans & Ho's two DDIM steps of each round's teacher; ``start_steps`` None: :func:`default_start_steps`;
     ``steps`` None: 500 with accurate-teacher targets (on the Fashion-MNIST default run their pool of teacher
-    solutions costs about as much as 300 optimizer steps, and the whole stays within the teacher's training
-    cost), else 600. A
+    solutions costs about as much as 150 optimizer steps, and the whole, 408 CPU-s, stays within the teacher's
+    training cost of 556), else 600. A
     progressive student trains without dropout (its targets are deterministic; on Fashion-MNIST the 4-step
     student's FD was 19.2 without, 19.9 with the teacher's 0.1); a consistency student keeps the teacher's
     (iCT found dropout helps consistency training)."""
