@@ -306,7 +306,7 @@ def student_config(
     solutions costs about as much as 150 optimizer steps, and the whole, 408 CPU-s, stays within the teacher's
     training cost of 556), else 600. A
     progressive student trains without dropout (its targets are deterministic; on Fashion-MNIST the 4-step
-    student's FD was 19.2 without, 19.9 with the teacher's 0.1); a consistency student keeps the teacher's
+    student's FD was 19.2 without, 19.9 with the teacher's 0.1, one seed); a consistency student keeps the teacher's
     (iCT found dropout helps consistency training)."""
     if method not in METHODS:
         raise UserError(f"unknown distillation method {method!r} — choose one of {', '.join(METHODS)}")
