@@ -172,8 +172,7 @@ def text_nll(model, x: torch.Tensor, n_t: int = 32, seed: int = 0, T: Optional[i
             per_seq.append((nll if kb is None else nll * ~kb).sum(dim=1).cpu())
         else:
             n_blocks = x.shape[1] // block_of(model, x.shape[1])
-            fn = den.net if n_blocks == 1 else (lambda z, xb=xb: den.x_theta(z, xb))
-            per_seq.append(elbo_stratified(fn, xb, den.schedule, den.vocab, n_t, g, T, kb, n_blocks).cpu())
+            per_seq.append(elbo_stratified(lambda z, xb=xb: den.x_theta(z, xb), xb, den.schedule, den.vocab, n_t, g, T, kb, n_blocks).cpu())
     free = torch.full((len(x),), x.shape[1], dtype=torch.float64) if keep is None else (~keep).sum(dim=1).double().cpu()
     nats = torch.cat(per_seq) / free
     bpc = nats / math.log(2)

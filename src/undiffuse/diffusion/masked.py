@@ -206,16 +206,12 @@ class MaskedDenoiser(nn.Module):
         (t − ½)/T (per block: :func:`block_times`), masks from the uniforms Φ(noise) (:func:`mask_tokens`)."""
         x = x0.long()
         L = x.shape[-1]
-        tc = (t.double() - 0.5) / self.schedule.T
+        tc = block_times(t, -(-L // self.block_size(L)), self.schedule.T)  # [B, N]; one block: (t − ½)/T
         u = torch.special.ndtr(noise.double())
-        size = self.block_size(L)
-        if size < L:
-            tc = block_times(t, -(-L // size), self.schedule.T)
         if self.train_range is not None:  # BD3-LM's clipped rates: t uniform on [low, high] (not the bound itself)
             lo, hi = self.train_range
             tc = lo + (hi - lo) * tc
-        logits = self.net if size == L else (lambda z: self.x_theta(z, x))
-        return (elbo_continuous(logits, x, self.schedule, tc, u, self.mask_id) / L).float()
+        return (elbo_continuous(lambda z: self.x_theta(z, x), x, self.schedule, tc, u, self.mask_id) / L).float()
 
 
 Logits = Callable[[torch.Tensor], torch.Tensor]

@@ -83,8 +83,8 @@ def greedy_fill(model, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     the baseline — left to right, each position its argmax given the left context."""
     den = model.denoiser
     z = torch.where(keep, x, torch.full_like(x, den.vocab)).to(model.device)
-    block = block_of(model, x.shape[1])
-    if block < x.shape[1]:
+    if not is_autoregressive(model):  # block by block (MDLM: one block, no prefix)
+        block = block_of(model, x.shape[1])
         for lo in range(0, x.shape[1], block):
             after = lambda zb, lo=lo: den.logits_after(z[:, :lo], zb)  # noqa: E731
             z[:, lo : lo + block] = _greedy_block(after, z[:, lo : lo + block], den.vocab)
@@ -92,16 +92,9 @@ def greedy_fill(model, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     while (z == den.vocab).any():
         masked = z == den.vocab
         rows = masked.any(dim=1).nonzero().squeeze(1)
-        if is_autoregressive(model):
-            pos = masked.float().argmax(dim=1)  # first masked position of each row (rows may differ)
-            logits = den.net(shift_right(z, den.start_id))
-            z[rows, pos[rows]] = logits[rows, pos[rows]].argmax(-1)
-        else:
-            p = torch.softmax(den.net(z).double(), dim=-1)
-            conf, tok = p.max(dim=-1)
-            conf = torch.where(masked, conf, torch.full_like(conf, -1.0))
-            pos = conf.argmax(dim=1)
-            z[rows, pos[rows]] = tok[rows, pos[rows]]
+        pos = masked.float().argmax(dim=1)  # first masked position of each row (rows may differ)
+        logits = den.net(shift_right(z, den.start_id))
+        z[rows, pos[rows]] = logits[rows, pos[rows]].argmax(-1)
     return z.cpu()
 
 
