@@ -194,15 +194,18 @@ def _weights(run):
     return ck.step, ck.model, ck.ema
 
 
-@pytest.mark.parametrize("method", ["progressive", "consistency", "progressive-pool"])
+@pytest.mark.parametrize("method", ["progressive", "consistency", "progressive-pool", "progressive-pool-one"])
 def test_distill_resume_is_exact(tiny_run, tmp_path, method):
     """6 steps in one go = 4 steps, then --resume to 6, bit for bit (progressive: rounds of 3 steps, so the
     resume falls inside the second round, whose teacher — the EMA at step 3 — comes back from the run; with
-    accurate-teacher targets the teacher pool comes back instead)."""
+    accurate-teacher targets the teacher pool comes back instead; "-one": the default plan, one round with
+    the cosine-decayed learning rate, here over 6 steps in both runs)."""
+    from undiffuse.runs import saved_config
     from undiffuse.training.distill import distill
 
     pool = ["distill.teacher_solver=unipc", "distill.teacher_steps=8", "distill.pool=12"] if "pool" in method else []
-    kw = dict(target_steps=1, start_steps=4, overrides=[*FP32, "distill.round_steps=3", *pool], progress=False)
+    rounds = ["train.decay_steps=6"] if "one" in method else ["distill.round_steps=3"]
+    kw = dict(target_steps=1, start_steps=2 if "one" in method else 4, overrides=[*FP32, *rounds, *pool], progress=False)
     if method == "progressive":
         kw["teacher_solver"] = ""  # Salimans & Ho's targets: two DDIM steps of each round's teacher
     method = method.split("-")[0]
@@ -213,6 +216,8 @@ def test_distill_resume_is_exact(tiny_run, tmp_path, method):
         assert not (tmp_path / "b" / "round_teacher.safetensors").exists()
     elif method == "progressive":
         assert (tmp_path / "b" / "round_teacher.safetensors").is_file()
+    if "one" in method:
+        assert saved_config(tmp_path / "b").train.lr_schedule == "cosine"
     distill(None, tmp_path / "b", steps=6, resume=True, progress=False)
     (sa, ma, ea), (sb, mb, eb) = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert sa == sb == 6
@@ -281,7 +286,7 @@ def test_progressive_student_samples_ddim_on_its_grid_and_cli(tiny_run, tmp_path
 
 
 @pytest.mark.parametrize("target", [4, 1])
-def test_progressive_default_is_one_round_on_the_teacher_pool(tiny_run, tmp_path, target):
+def test_progressive_default_is_one_round_on_the_teacher_pool(tiny_run, tmp_path, target, capsys):
     """`distill --method progressive --target-steps K` without --start-steps or --teacher-solver: accurate-teacher
     targets (unipc), one round of K steps from 2K teacher steps holding every optimizer step, a pool of K + 1
     states per trajectory, and the student samples DDIM in K steps; `--teacher-solver none` keeps Salimans & Ho's
@@ -298,6 +303,7 @@ def test_progressive_default_is_one_round_on_the_teacher_pool(tiny_run, tmp_path
     cfg = saved_config(out)
     d = cfg.distill
     assert (d.teacher_solver, d.start_steps, d.round_steps, cfg.train.steps) == ("unipc", 2 * target, 3, 3)
+    assert (cfg.train.lr_schedule, cfg.train.decay_steps) == ("cosine", 3)  # decayed over the run
     assert progressive_rounds(d.start_steps, d.target_steps) == [target]
     assert (cfg.sample.sampler, cfg.sample.steps) == ("ddim", target)
     from safetensors import safe_open
@@ -309,12 +315,19 @@ def test_progressive_default_is_one_round_on_the_teacher_pool(tiny_run, tmp_path
     d = saved_config(old).distill
     assert (d.teacher_solver, d.start_steps, d.round_steps) == ("", 64, 1)
     assert progressive_rounds(d.start_steps, d.target_steps)[0] == 32 and not (old / "teacher_pool.safetensors").exists()
+    assert saved_config(old).train.lr_schedule == "constant"
+    capsys.readouterr()  # continuing a decayed run past its decay is refused in one line
+    assert main(["distill", "--out", str(out), "--resume", "--steps", "20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "decayed" in err and "distil anew" in err and len(err.splitlines()) == 1
 
 
 def test_student_config_defaults():
-    """Without --steps: 500 optimizer steps with accurate-teacher targets (the pool is charged to the budget), 600
-    otherwise; a progressive student drops the teacher's dropout (deterministic targets), a consistency student
-    keeps it (iCT)."""
+    """Without --steps: 375 optimizer steps for the default plan (one round on the teacher pool, whose cost is
+    charged to the budget), 500 for rounds on the pool, 600 otherwise; a progressive student drops the teacher's dropout (deterministic targets), a consistency student
+    keeps it (iCT). The default plan (one round on the pool) has 4096 trajectories and the learning rate
+    cosine-decayed over the run; `--set distill.pool=2048 --set train.lr_schedule=constant` is the earlier
+    recipe; rounds and consistency keep the constant rate."""
     from dataclasses import replace
     from types import SimpleNamespace
 
@@ -325,11 +338,18 @@ def test_student_config_defaults():
     teacher = SimpleNamespace(config=replace(base, model=replace(base.model, dropout=0.1)), step=4,
                               data=SimpleNamespace(kind="image"))  # fmt: skip
     pa = student_config(teacher, "runs/t", "progressive", 4)
-    assert (pa.train.steps, pa.distill.start_steps, pa.distill.teacher_solver, pa.model.dropout) == (500, 8, "unipc", 0.0)
+    assert (pa.train.steps, pa.distill.start_steps, pa.distill.teacher_solver, pa.model.dropout) == (375, 8, "unipc", 0.0)
+    assert (pa.distill.pool, pa.train.lr_schedule, pa.train.decay_steps, pa.train.lr) == (4096, "cosine", 375, base.train.lr / 2)
+    k1 = student_config(teacher, "runs/t", "progressive", 1, steps=650)
+    assert (k1.distill.start_steps, k1.distill.pool, k1.train.decay_steps) == (2, 4096, 650)
+    earlier = student_config(teacher, "runs/t", "progressive", 4, overrides=["distill.pool=2048", "train.lr_schedule=constant"])
+    assert (earlier.distill.pool, earlier.train.lr_schedule) == (2048, "constant")
+    rounds = student_config(teacher, "runs/t", "progressive", 1, start_steps=8)  # pool targets in rounds 4, 2, 1
+    assert (rounds.distill.pool, rounds.train.lr_schedule, rounds.train.steps) == (2048, "constant", 501)  # 3 × 167
     old = student_config(teacher, "runs/t", "progressive", 4, teacher_solver="")
     assert (old.train.steps, old.distill.start_steps, old.distill.round_steps, old.model.dropout) == (600, 64, 150, 0.0)
     cd = student_config(teacher, "runs/t", "consistency", 2)
-    assert (cd.train.steps, cd.distill.teacher_solver, cd.model.dropout) == (600, "", 0.1)
+    assert (cd.train.steps, cd.distill.teacher_solver, cd.model.dropout, cd.train.lr_schedule) == (600, "", 0.1, "constant")
 
 
 def test_cli_teacher_solver(tiny_run, tmp_path, capsys):
