@@ -147,3 +147,24 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(ck, "_write_bytes", real)
     s = train(None, tmp_path / "run", steps=6, resume=True, progress=False)  # and resumable
     assert s.step == 6 and s.start_step == 2
+
+
+def test_resume_past_a_cosine_decay_to_zero_is_refused():
+    """Raising a run's total past the end of a cosine decay to min_lr = 0 would train at learning rate 0
+    (lr_at): refused; a min_lr > 0, a constant rate, or the run's own total stay allowed."""
+    from dataclasses import replace
+
+    from undiffuse.runs import merge_resume_config
+    from undiffuse.training.step import lr_at
+
+    base = tiny_config()
+    cos = replace(base, train=replace(base.train, steps=30, warmup_steps=5, lr_schedule="cosine", decay_steps=20))
+    assert lr_at(25, cos.train) == 0.0  # the premise: past warmup + decay the rate is min_lr = 0
+    with pytest.raises(TrainingError, match="by step 25"):
+        merge_resume_config(cos, None, 31)
+    assert merge_resume_config(cos, None, 30).train.steps == 30  # the run's own total (past the decay): allowed
+    assert merge_resume_config(cos, None, 25).train.steps == 25
+    floor = replace(cos, train=replace(cos.train, min_lr=1e-5))
+    assert merge_resume_config(floor, None, 100).train.steps == 100
+    const = replace(base, train=replace(base.train, steps=30))
+    assert merge_resume_config(const, None, 100).train.steps == 100

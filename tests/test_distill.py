@@ -319,7 +319,7 @@ def test_progressive_default_is_one_round_on_the_teacher_pool(tiny_run, tmp_path
     capsys.readouterr()  # continuing a decayed run past its decay is refused in one line
     assert main(["distill", "--out", str(out), "--resume", "--steps", "20"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "decayed" in err and "distil anew" in err and len(err.splitlines()) == 1
+    assert "decayed to train.min_lr = 0 by step" in err and "new run" in err and len(err.splitlines()) == 1
 
 
 def test_student_config_defaults():

@@ -123,7 +123,9 @@ def given_config(run_dir: PathLike, overrides: Iterable[str] = (), data: Optiona
 
 
 def merge_resume_config(saved: RunConfig, given: Optional[RunConfig], steps: Optional[int]) -> RunConfig:
-    """The saved config with ``train.steps`` from ``steps`` (or ``given``); refuse any other difference."""
+    """The saved config with ``train.steps`` from ``steps`` (or ``given``); refuse any other difference, and a
+    total past the end of a cosine decay to 0 (:func:`undiffuse.training.step.lr_at`: those steps would train at
+    learning rate 0)."""
     if given is not None:
         diff = config_diff(to_dict(saved), to_dict(given), _MAY_CHANGE)
         if diff:
@@ -133,8 +135,13 @@ def merge_resume_config(saved: RunConfig, given: Optional[RunConfig], steps: Opt
             )
         if steps is None:
             steps = given.train.steps
+    t = saved.train
+    end = t.warmup_steps + t.decay_steps
+    if steps is not None and steps > max(t.steps, end) and t.lr_schedule == "cosine" and t.min_lr == 0:
+        raise TrainingError(f"the run's learning rate is cosine-decayed to train.min_lr = 0 by step {end}, so training "
+                            f"on to {steps} steps would change nothing — start a new run with --steps {steps}")  # fmt: skip
     if steps is not None:
-        saved = replace(saved, train=replace(saved.train, steps=steps))
+        saved = replace(saved, train=replace(t, steps=steps))
     return saved
 
 

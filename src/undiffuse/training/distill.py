@@ -369,10 +369,6 @@ def distill(
     """
     if resume:
         cfg = saved_config(out)
-        end = cfg.train.warmup_steps + cfg.train.decay_steps
-        if cfg.train.lr_schedule == "cosine" and steps is not None and steps > end:
-            raise UserError(f"{out}'s learning rate has decayed to train.min_lr = {cfg.train.min_lr:g} by step {end} "
-                            f"(cosine), so --steps {steps} would train at that rate — distil anew with --steps {steps}")  # fmt: skip
         objective = make_objective(cfg, out, device)
         return train(None, out, steps=steps, resume=True, device=device, progress=progress, objective=objective)
     if teacher_dir is None or method is None:
