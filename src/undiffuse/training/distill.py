@@ -306,12 +306,9 @@ def student_config(
     Salimans & Ho's two DDIM steps of each round's teacher; ``start_steps`` None: :func:`default_start_steps`;
     ``steps`` None: :data:`DEFAULT_ONE_ROUND_STEPS` = 375 for the default plan, 500 for rounds on the pool, else
     600. The default plan (accurate-teacher targets in one round) learns from :data:`DEFAULT_POOL` = 4096 teacher
-    trajectories with the learning rate cosine-decayed to 0 over its steps (rounds and consistency keep a
-    constant rate): on Fashion-MNIST the 4-step student's FD over training seeds 0–2 was 20.7 (19.2–21.7) with
-    2048 trajectories at a constant rate over 500 steps (the earlier default: ``--steps 500 --set
-    distill.pool=2048 --set train.lr_schedule=constant``), 19.4 (19.3–19.7) with the decay, 18.6 with 4096
-    trajectories too (docs/distill.md); pool and steps together cost about 515 CPU-s there, under the teacher's
-    training (556). A
+    trajectories with the learning rate cosine-decayed to 0 over its steps; rounds and consistency keep 2048 and a
+    constant rate (``--steps 500 --set distill.pool=2048 --set train.lr_schedule=constant`` is the earlier
+    default; the measurements over training seeds are in docs/distill.md). A
     progressive student trains without dropout (its targets are deterministic; on Fashion-MNIST the 4-step
     student's FD was 19.2 without, 19.9 with the teacher's 0.1, one seed); a consistency student keeps the teacher's
     (iCT found dropout helps consistency training)."""
@@ -334,7 +331,7 @@ def student_config(
     round_steps = math.ceil(steps / n_rounds) if method == "progressive" else 0
     d = DistillConfig(method=method, teacher=str(Path(teacher_dir).resolve()), teacher_step=teacher.step,
                       target_steps=target_steps, start_steps=start_steps, round_steps=round_steps,
-                      teacher_solver=solver, **({"pool": DEFAULT_POOL} if one_round else {}))  # fmt: skip
+                      teacher_solver=solver, pool=DEFAULT_POOL if one_round else DistillConfig.pool)  # fmt: skip
     sample = (SampleConfig("ddim", target_steps, d.grid) if method == "progressive"
               else SampleConfig("consistency", target_steps, None))  # fmt: skip
     param = "v" if base.diffusion.parameterization == "eps" else base.diffusion.parameterization
