@@ -96,6 +96,30 @@ def test_teacher_pool_targets_land_on_the_teachers_ode_solution(tmp_path):
         TeacherPool(_oracle_model(), replace_(d, teacher_steps=6), 4, seed=7)
 
 
+def test_teacher_pool_runs_the_teacher_under_the_students_autocast(tiny_run, tmp_path):
+    """``train.precision = bf16``: the pool's teacher runs under bf16 autocast, so its states move a little from
+    the fp32 ones (not equal, within a few % of the data's scale) and stay fp32; the pool's metadata records the
+    autocast, so a pool solved in fp32 is not read back for a bf16 student (nor the other way round)."""
+    from safetensors import safe_open
+
+    from undiffuse.config import DistillConfig
+    from undiffuse.model import load
+    from undiffuse.training.distill import TeacherPool
+
+    teacher = load(tiny_run, ema=True, device="cpu")
+    d = DistillConfig(method="progressive", teacher_solver="unipc", teacher_steps=8, pool=6)
+    path, cpu = tmp_path / "pool.safetensors", torch.device("cpu")
+    fp32 = TeacherPool(teacher, d, 2, seed=3, precision="fp32").load_or_make(path, cpu)
+    bf16 = TeacherPool(teacher, d, 2, seed=3, precision="bf16").load_or_make(path, cpu)  # not fp32's file
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["autocast"] == "bfloat16"
+    assert bf16.dtype == torch.float32 and torch.equal(bf16[:, 0], fp32[:, 0])  # the same starting noise
+    diff = (bf16 - fp32)[:, 1:]
+    assert 0 < diff.abs().max() and diff.pow(2).mean().sqrt() < 0.05 * fp32[:, -1].pow(2).mean().sqrt()
+    again = TeacherPool(teacher, d, 2, seed=3, precision="fp32").load_or_make(path, cpu)
+    assert torch.equal(again, fp32)  # solved again in fp32, not the bf16 pool read back
+
+
 def replace_(d, **kw):
     from dataclasses import replace
 
@@ -323,8 +347,8 @@ def test_progressive_default_is_one_round_on_the_teacher_pool(tiny_run, tmp_path
 
 
 def test_student_config_defaults():
-    """Without --steps: 375 optimizer steps for the default plan (one round on the teacher pool, whose cost is
-    charged to the budget), 500 for rounds on the pool, 600 otherwise; a progressive student drops the teacher's dropout (deterministic targets), a consistency student
+    """Without --steps: 500 optimizer steps with the teacher pool (one round or rounds), 600 otherwise; a
+    progressive student drops the teacher's dropout (deterministic targets), a consistency student
     keeps it (iCT). The default plan (one round on the pool) has 4096 trajectories and the learning rate
     cosine-decayed over the run; `--set distill.pool=2048 --set train.lr_schedule=constant` is the earlier
     recipe; rounds and consistency keep the constant rate."""
@@ -338,8 +362,8 @@ def test_student_config_defaults():
     teacher = SimpleNamespace(config=replace(base, model=replace(base.model, dropout=0.1)), step=4,
                               data=SimpleNamespace(kind="image"))  # fmt: skip
     pa = student_config(teacher, "runs/t", "progressive", 4)
-    assert (pa.train.steps, pa.distill.start_steps, pa.distill.teacher_solver, pa.model.dropout) == (375, 8, "unipc", 0.0)
-    assert (pa.distill.pool, pa.train.lr_schedule, pa.train.decay_steps, pa.train.lr) == (4096, "cosine", 375, base.train.lr / 2)
+    assert (pa.train.steps, pa.distill.start_steps, pa.distill.teacher_solver, pa.model.dropout) == (500, 8, "unipc", 0.0)
+    assert (pa.distill.pool, pa.train.lr_schedule, pa.train.decay_steps, pa.train.lr) == (4096, "cosine", 500, base.train.lr / 2)
     k1 = student_config(teacher, "runs/t", "progressive", 1, steps=650)
     assert (k1.distill.start_steps, k1.distill.pool, k1.train.decay_steps) == (2, 4096, 650)
     earlier = student_config(teacher, "runs/t", "progressive", 4, overrides=["distill.pool=2048", "train.lr_schedule=constant"])

@@ -20,9 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--method", choices=("progressive", "consistency"), default=None, help="distillation method")
     p.add_argument("--target-steps", type=positive_int, default=4, help="the student's sampling steps (default 4)")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="optimizer steps in all (default 375 for progressive in one round on the teacher pool, "
-                   "with the lr cosine-decayed over them; 500 for rounds on the pool; else 600; progressive: split "
-                   "evenly over its rounds)")
+                   help="optimizer steps in all (default 500 for progressive on the teacher pool — in one round "
+                   "with the lr cosine-decayed over them —, else 600; progressive: split evenly over its rounds)")
     p.add_argument("--start-steps", type=positive_int, default=None,
                    help="progressive: the teacher steps that the first round halves (target × a power of 2; default "
                    "2 × target — one round — with a teacher solver, 64 with --teacher-solver none)")
