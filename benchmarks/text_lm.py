@@ -26,12 +26,21 @@ and its shown samples to the samples file.
 ``--part ar|mdlm-bits|mdlm-samples`` computes one third (the baseline's rows alone; the diffusion model's curve and
 discrete bounds; its samples and infilling) into OUT.PART.json — the three can run at the same time, one thread
 each — and ``--part merge`` writes OUT.json/.md and the samples file from them.
+
+Recipe probes at fixed CPU (docs/text.md): ``--part per-t --mdlm RUN --ar RUN`` writes OUT.per-t.json — the
+masked model's integrand c(t) = E[Σ_masked −log₂ x_θ(z_t)^ℓ[x^ℓ]] / (t·L) (bits per masked character at masking
+rate t, linear schedule; the bound is ∫₀¹ c(t) dt) on a grid of t for every checkpoint, beside the baseline's
+exact bits/char; ``--part probe --run RUN --name NAME --time-log LOG`` scores a probe run's last checkpoint on the
+same test windows and estimator into OUT.probe.NAME.json (its training CPU-seconds = user + system from the
+``/usr/bin/time -v`` log); ``--part add-probes --from PREFIX`` puts PREFIX.per-t.json and every PREFIX.probe.*.json
+into OUT.json/.md (the earlier rows stay).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -40,9 +49,11 @@ from pathlib import Path
 import torch
 
 import undiffuse
+from undiffuse.diffusion.masked import mask_tokens, masked_cross_entropy
 from undiffuse.evaluation.text_report import gen_ppl, infill_scores, text_stats
 from undiffuse.io import write_json, write_text
 from undiffuse.language import sample_text, text_eval_data, text_nll, texts
+from undiffuse.rng import derive_seed, generator
 from undiffuse.runs import list_checkpoints
 
 
@@ -131,6 +142,75 @@ def _part(a, part: str) -> dict:
     return res
 
 
+@torch.no_grad()
+def _per_t_curve(m, x: torch.Tensor, ts: list[float], batch: int = 50) -> list[dict]:
+    """c(t) in bits per masked character for each t of ``ts``: one masking draw per window and t (keyed by t), the
+    window's Σ_masked −log₂ x_θ divided by its expected number of masks t·L (so the mean over t of a midpoint grid
+    is a quadrature of the bound ∫₀¹ c(t) dt), ± SE over windows; also the drawn-masks ratio."""
+    den = m.denoiser
+    rows = []
+    for t in ts:
+        g = generator(derive_seed(0, "per-t", f"{t:.6f}"))
+        ce, n = [], []
+        for lo in range(0, len(x), batch):
+            xb = x[lo : lo + batch].to(m.device)
+            u = torch.rand(xb.shape, generator=g, dtype=torch.float64)
+            z = mask_tokens(xb, den.schedule.alpha(torch.full((len(xb),), t, dtype=torch.float64)), u, den.mask_id)
+            ce.append(masked_cross_entropy(den.x_theta(z, xb).float(), xb, z, den.mask_id).double().cpu())
+            n.append((z == den.mask_id).sum(-1).double().cpu())
+        ce_b, n_b = torch.cat(ce) / math.log(2), torch.cat(n)
+        L = x.shape[1]
+        c = ce_b / (t * L)
+        rows.append({"t": t, "bits_per_masked_char": float(c.mean()), "stderr": float(c.std() / math.sqrt(len(c))),
+                     "bits_per_drawn_mask": float(ce_b.sum() / n_b.sum().clamp(min=1))})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _per_t_part(a) -> dict:
+    ar = undiffuse.load(a.ar, device="cpu")
+    x = text_eval_data(ar, n=a.n_eval)
+    ts = [(k + 0.5) / a.n_grid for k in range(a.n_grid)]
+    res: dict = {"mdlm": a.mdlm, "ar": a.ar, "grid": "midpoints of " + str(a.n_grid) + " equal strata of [0, 1]",
+                 "ar_bits_per_char": text_nll(ar, x)["bits_per_char"], "checkpoints": []}  # fmt: skip
+    for s in _steps(a.mdlm):
+        m = undiffuse.load(a.mdlm, checkpoint=s, device="cpu")
+        rows = _per_t_curve(m, x, ts)
+        res["checkpoints"].append({"step": s, "rows": rows,
+                                   "quadrature_bits_per_char": sum(r["bits_per_masked_char"] for r in rows) / len(rows)})  # fmt: skip
+    return res
+
+
+def _time_log_cpu(path: str) -> float:
+    """user + system seconds from a ``/usr/bin/time -v`` log."""
+    got = {}
+    for line in Path(path).read_text().splitlines():
+        key, _, val = line.strip().partition(": ")
+        if key in ("User time (seconds)", "System time (seconds)"):
+            got[key] = float(val)
+    if len(got) != 2:
+        raise SystemExit(f"{path}: no user/system time lines (run the training under /usr/bin/time -v)")
+    return sum(got.values())
+
+
+def _probe_part(a) -> dict:
+    """A probe run's last checkpoint (EMA) on the same test windows and estimator, with its recipe and CPU."""
+    cfg = json.loads((Path(a.run) / "config.json").read_text())
+    tr, mo = cfg["train"], cfg["model"]
+    m = undiffuse.load(a.run, device="cpu")
+    r = text_nll(m, text_eval_data(m, n=a.n_eval), n_t=a.n_t)
+    r.update(name=a.name, run=a.run, step=_steps(a.run)[-1], arch=mo["arch"], hidden=mo["hidden"], depth=mo["depth"],
+             heads=mo["num_heads"], params=sum(p.numel() for p in m.denoiser.parameters()), batch=tr["batch_size"],
+             lr=tr["lr"], warmup=tr["warmup_steps"], decay=tr["decay_steps"], min_lr=tr["min_lr"], seed=tr["seed"],
+             train_cpu_seconds=_time_log_cpu(a.time_log) if a.time_log else None, command=a.command)  # fmt: skip
+    if a.probe_curve:  # every checkpoint (CPU-seconds = its share of the steps)
+        r["curve"] = _curve(a.name, a.run, r["train_cpu_seconds"], a)
+    if a.probe_samples:  # one ancestral sample row at K steps, gen-PPL under --ar
+        ar = undiffuse.load(a.ar, device="cpu")
+        r["samples"] = [_sample_row(a.name, m, ar, k, "ancestral", 1.0, a.n_samples)[0] for k in _ints(a.probe_samples)]
+    return r
+
+
 def _ints(spec: str) -> list[int]:
     return [int(k) for k in spec.split(",") if k]
 
@@ -153,6 +233,13 @@ def main() -> None:
     ap.add_argument("--name", default="bd3", help="--part block/add: the block run's name in the tables")
     ap.add_argument("--block-cpu-seconds", type=float, default=None, help="--part block: the block run's CPU-seconds")
     ap.add_argument("--block-ks", default="", help="--part block: sampling steps per block of its rows")
+    ap.add_argument("--n-grid", type=int, default=20, help="--part per-t: midpoints of this many strata of t")
+    ap.add_argument("--run", default=None, help="--part probe: the probe's run directory")
+    ap.add_argument("--time-log", default=None, help="--part probe: the /usr/bin/time -v log of its training")
+    ap.add_argument("--command", default=None, help="--part probe: the training command, recorded with the row")
+    ap.add_argument("--probe-curve", action="store_true", help="--part probe: score every checkpoint, not only the last")
+    ap.add_argument("--probe-samples", default="", help="--part probe: ancestral sample rows at these K, e.g. 256")
+    ap.add_argument("--from", dest="from_", default=None, help="--part add-probes: the prefix of the per-t/probe files")
     ap.add_argument("--out", default="benchmarks/results/text_lm")
     ap.add_argument("--samples-out", default="docs/text_samples.txt")
     a = ap.parse_args()
@@ -174,6 +261,29 @@ def main() -> None:
         shown = Path(a.samples_out).read_text() if Path(a.samples_out).exists() else ""
         write_text(a.samples_out, shown + "\n" + "\n\n".join(part["shown"]) + "\n")
         print(f"wrote {a.out}.json, {a.out}.md and {a.samples_out}")
+        return
+    if a.part in ("per-t", "probe"):
+        t0, load0 = time.process_time(), os.getloadavg()
+        r = _per_t_part(a) if a.part == "per-t" else _probe_part(a)
+        r.update(eval_cpu_seconds=time.process_time() - t0, load_avg_start=load0, load_avg_end=os.getloadavg())
+        dest = f"{a.out}.per-t.json" if a.part == "per-t" else f"{a.out}.probe.{a.name}.json"
+        write_json(dest, r)
+        print(f"wrote {dest}")
+        return
+    if a.part == "add-probes":
+        res = json.loads(Path(a.out + ".json").read_text())
+        src = Path(a.from_)
+        per_t = src.parent / (src.name + ".per-t.json")
+        if per_t.exists():
+            res["per_t"] = json.loads(per_t.read_text())
+        probes = {p["name"]: p for p in res.get("probes", [])}
+        for f in sorted(src.parent.glob(src.name + ".probe.*.json")):
+            p = json.loads(f.read_text())
+            probes[p["name"]] = p
+        res["probes"] = list(probes.values())
+        write_json(a.out + ".json", res)
+        write_text(a.out + ".md", markdown(res))
+        print(f"wrote {a.out}.json and {a.out}.md")
         return
     if a.part in parts:
         t0, load0 = time.process_time(), os.getloadavg()
@@ -258,6 +368,27 @@ def markdown(r: dict) -> str:
         for name, b in blocks.items():
             f = b["infill"]
             out.append(f"| {name} | {f['context']} | {f['accuracy']:.3f} | {f['bits_per_char']:.3f} | {f['stderr']:.3f} |")
+    if r.get("per_t"):
+        pt = r["per_t"]
+        cks = pt["checkpoints"]
+        out += ["", "## Where the masked model loses: bits per masked character at masking rate t (same test windows)\n",
+                f"c(t) = E[Σ_masked −log₂ x_θ(z_t)] / (t·L); the bound is ∫₀¹ c(t) dt. The baseline's exact bits/char: "
+                f"{pt['ar_bits_per_char']:.4f}.\n",
+                "| t | " + " | ".join(f"step {c['step']}" for c in cks) + " |", "|---|" + "---|" * len(cks)]  # fmt: skip
+        for i, row in enumerate(cks[0]["rows"]):
+            out.append(f"| {row['t']:.3f} | " + " | ".join(f"{c['rows'][i]['bits_per_masked_char']:.3f} ± "
+                                                        f"{c['rows'][i]['stderr']:.3f}" for c in cks) + " |")  # fmt: skip
+        out.append("| ∫ (midpoint rule) | " + " | ".join(f"{c['quadrature_bits_per_char']:.3f}" for c in cks) + " |")
+    if r.get("probes"):
+        out += ["", "## Recipe probes at fixed CPU (EMA weights of the last checkpoint, same test windows and estimator)\n",
+                "| probe | model | hidden × depth | params | batch | lr | warm-up / decay | seed | steps | train CPU-s | "
+                "bits/char | ± SE | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for p in r["probes"]:
+            cs = "–" if p["train_cpu_seconds"] is None else f"{p['train_cpu_seconds']:.0f}"
+            model = "ar" if p["arch"] == "causal-transformer" else "mdlm"
+            out.append(f"| {p['name']} | {model} | {p['hidden']} × {p['depth']} | {p['params'] / 1e6:.2f} M | {p['batch']} | "
+                       f"{p['lr']:g} | {p['warmup']} / {p['decay']} | {p['seed']} | {p['step']} | {cs} | "
+                       f"{p['bits_per_char']:.4f} | {p['stderr']:.4f} | {p['load_avg_start'][0]:.1f} |")  # fmt: skip
     return "\n".join(out) + "\n"
 
 
