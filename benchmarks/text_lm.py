@@ -389,6 +389,16 @@ def markdown(r: dict) -> str:
             out.append(f"| {p['name']} | {model} | {p['hidden']} × {p['depth']} | {p['params'] / 1e6:.2f} M | {p['batch']} | "
                        f"{p['lr']:g} | {p['warmup']} / {p['decay']} | {p['seed']} | {p['step']} | {cs} | "
                        f"{p['bits_per_char']:.4f} | {p['stderr']:.4f} | {p['load_avg_start'][0]:.1f} |")  # fmt: skip
+        full = [p for p in r["probes"] if p.get("curve")]
+        if full:
+            out += ["", "## Full-budget probe runs: every checkpoint, and samples (K = 256, gen-PPL under the earlier baseline)\n",
+                    "| run | step | CPU-s | bits/char | ± SE |", "|---|---|---|---|---|"]  # fmt: skip
+            out += [f"| {p['name']} | {c['step']} | {c['cpu_seconds']:.0f} | {c['bits_per_char']:.4f} | {c['stderr']:.4f} |"
+                    for p in full for c in p["curve"]]  # fmt: skip
+            out += ["", "| run | K | NFE | chars/CPU-s | gen-PPL | entropy | distinct-1/2/3 |", "|---|---|---|---|---|---|---|"]
+            out += [f"| {p['name']} | {x['steps']} | {x['nfe']:.0f} | {x['chars_per_cpu_s']:.0f} | {x['gen_ppl']['ppl_per_char']:.2f} | "
+                    f"{x['entropy']:.3f} | {x['distinct_1']:.2f}/{x['distinct_2']:.2f}/{x['distinct_3']:.2f} |"
+                    for p in full for x in p.get("samples", [])]  # fmt: skip
     return "\n".join(out) + "\n"
 
 

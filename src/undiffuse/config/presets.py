@@ -99,16 +99,17 @@ def _series() -> RunConfig:
 def _text() -> RunConfig:
     return RunConfig(
         data=DataConfig("text:kjv", window=256, val_split="val"),  # no "val" split: the tail of the training windows
-        # a 3.2 M-parameter transformer (4 blocks of width 256, 4 heads); model.arch=causal-transformer is the
-        # autoregressive baseline of the same size, trained by the same command on the same data and budget
-        model=ModelConfig(arch="transformer", hidden=256, depth=4, num_heads=4, dropout=0.0),
+        # a 1.6 M-parameter transformer (2 blocks of width 256, 4 heads); model.arch=causal-transformer is the
+        # autoregressive baseline of the same size, trained by the same command on the same data and budget. At this
+        # CPU budget 2 blocks × 1,350 steps beat 4 blocks × 600 for both models (docs/text.md, "Recipe probes")
+        model=ModelConfig(arch="transformer", hidden=256, depth=2, num_heads=4, dropout=0.0),
         # MDLM (Sahoo et al. 2024): the masked process, α_t = 1 − t; T discrete training times
         diffusion=DiffusionConfig(schedule="linear", T=1000, clip=None),
-        # measured (docs/text.md): 600 steps of 32 × 256 characters took 784 CPU-seconds (masked) and 733 (causal) on one
-        # thread in bf16 (load ≈ 6 on 2 cores) — ≈ 13 minutes of one core, so ≤ 15 minutes on 2 cores even on one thread
-        train=TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=100, lr_schedule="cosine", decay_steps=500,
+        # measured (docs/text.md): 1,350 steps of 32 × 256 characters took 797 CPU-seconds (masked) and 753 (causal) on
+        # one thread in bf16 (load ≈ 2 on 2 cores) — ≈ 13 minutes of one core, so ≤ 15 minutes on 2 cores on one thread
+        train=TrainConfig(steps=1350, batch_size=32, lr=1e-3, warmup_steps=225, lr_schedule="cosine", decay_steps=1125,
                           min_lr=1e-4, weight_decay=0.0, ema_halflife_kimg=2.0, ema_warmup=0.1, log_every=25,
-                          sample_every=0, ckpt_every=200, keep_last=4, val_every=200, val_batches=4),
+                          sample_every=0, ckpt_every=450, keep_last=4, val_every=200, val_batches=4),
         preset="text",
     )  # fmt: skip
 
