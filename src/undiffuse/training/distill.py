@@ -59,6 +59,7 @@ from undiffuse.runs import saved_config
 from undiffuse.samplers import registry
 from undiffuse.sampling import guided_denoiser
 from undiffuse.schedules.grids import make_sigmas
+from undiffuse.speed import autocast
 from undiffuse.training.keyed import StepDraws
 from undiffuse.training.step import resolve_precision
 from undiffuse.training.trainer import TrainSummary, train
@@ -148,7 +149,7 @@ class TeacherPool:
             if (step["i"] + 1) % per == 0:
                 states[(step["i"] + 1) // per] = step["x"].clone()
 
-        with torch.no_grad(), torch.autocast(device.type, dtype or torch.bfloat16, enabled=dtype is not None):
+        with torch.no_grad(), autocast(device, dtype):
             states[-1] = registry.sample(self.d.teacher_solver, den, x, self.fine.to(device), callback=keep)
         return torch.stack(states, 1).float()
 
@@ -332,11 +333,11 @@ def student_config(
     solver = (DEFAULT_TEACHER_SOLVER if teacher_solver is None else teacher_solver) if method == "progressive" else ""
     if start_steps is None:
         start_steps = default_start_steps(target_steps, solver)
+    if steps is None:
+        steps = 500 if solver else 600
     base = teacher.config
     n_rounds = len(progressive_rounds(start_steps, target_steps)) if method == "progressive" else 1
     one_round = bool(solver) and n_rounds == 1  # the default plan: one round on the teacher pool
-    if steps is None:
-        steps = 500 if solver else 600
     round_steps = math.ceil(steps / n_rounds) if method == "progressive" else 0
     d = DistillConfig(method=method, teacher=str(Path(teacher_dir).resolve()), teacher_step=teacher.step,
                       target_steps=target_steps, start_steps=start_steps, round_steps=round_steps,

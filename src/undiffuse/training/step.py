@@ -23,6 +23,7 @@ from undiffuse.diffusion.precond import Precond
 from undiffuse.errors import ConfigError
 from undiffuse.losses.denoising import denoising_loss, hybrid_loss
 from undiffuse.schedules.discrete import Schedule
+from undiffuse.speed import autocast
 from undiffuse.training.distributed import DistContext, all_reduce_sum
 from undiffuse.training.keyed import StepDraws, draw_step, example_indices, seed_dropout, shard_positions
 
@@ -114,9 +115,7 @@ class StepEngine:
         return "discrete" if self.info.discrete_8bit else "continuous"
 
     def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
+        return autocast(self.ctx.device, self.autocast_dtype)
 
     def _cond(self, labels: Optional[torch.Tensor], u: Optional[torch.Tensor], x0: Optional[torch.Tensor] = None,
               captions: Optional[torch.Tensor] = None) -> dict:  # fmt: skip
